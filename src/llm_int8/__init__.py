@@ -1,0 +1,25 @@
+"""llm-int8: LLM.int8() (Dettmers et al., 2022) for PyTorch and Hugging Face models.
+
+Layers, each importing only those before it:
+``primitives`` (pure math) -> ``ops`` (kernels, per-device dispatch) -> ``nn`` (Int8Linear)
+-> ``integrations`` (model conversion and loading) -> ``evaluation`` -> ``cli``.
+"""
+
+from .config import Int8Config
+from .integrations import ConversionReport, linear_memory, load_model, quantize_model
+from .nn import Int8Linear
+from .ops import int8_linear, int8_mm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionReport",
+    "Int8Config",
+    "Int8Linear",
+    "__version__",
+    "int8_linear",
+    "int8_mm",
+    "linear_memory",
+    "load_model",
+    "quantize_model",
+]

@@ -1,0 +1,45 @@
+"""The frozen, validated settings of an LLM.int8() conversion."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_SKIP_MODULES", "DEFAULT_THRESHOLD", "Int8Config"]
+
+DEFAULT_THRESHOLD = 6.0
+"""α of the paper: hidden-state magnitude from which a feature dim is an outlier."""
+
+DEFAULT_SKIP_MODULES: tuple[str, ...] = ("lm_head",)
+"""Modules kept in float by default: the output projection, as in bitsandbytes and the paper."""
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """How to convert a model to LLM.int8().
+
+    ``threshold``: outlier threshold α (>= 0; 0 disables the decomposition, pure vector-wise int8).
+    ``skip_modules``: module names (or name suffixes, matched on ``.`` boundaries) to keep in float.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise TypeError(f"threshold must be a number, got {type(self.threshold).__name__}")
+        if math.isnan(self.threshold) or self.threshold < 0 or math.isinf(self.threshold):
+            raise ValueError(f"threshold must be a finite number >= 0 (0 disables decomposition), got {self.threshold}")
+        skip = self.skip_modules
+        if isinstance(skip, str):
+            skip = (skip,)
+        skip = tuple(skip)
+        for name in skip:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"skip_modules must hold non-empty module names, got {name!r}")
+        object.__setattr__(self, "threshold", float(self.threshold))
+        object.__setattr__(self, "skip_modules", skip)
+
+    def skips(self, module_name: str) -> bool:
+        """Whether ``module_name`` is kept in float: it equals a skipped name or ends with ``.name``."""
+        return any(module_name == s or module_name.endswith("." + s) for s in self.skip_modules)

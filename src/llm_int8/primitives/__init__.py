@@ -1,0 +1,19 @@
+"""Pure math on tensors: quantizers, outlier detection and the exact reference matmuls.
+
+Nothing here picks a device or a kernel; ``llm_int8.ops`` does.
+"""
+
+from .outliers import outlier_columns
+from .quantize import INT8_MAX, absmax_quantize, dequantize, rowwise_quantize, zeropoint_quantize
+from .reference import int8_linear_reference, int8_matmul_reference
+
+__all__ = [
+    "INT8_MAX",
+    "absmax_quantize",
+    "dequantize",
+    "int8_linear_reference",
+    "int8_matmul_reference",
+    "outlier_columns",
+    "rowwise_quantize",
+    "zeropoint_quantize",
+]

@@ -1,0 +1,111 @@
+"""Int8 quantizers from Section 2 of the LLM.int8() paper, in plain PyTorch.
+
+Every quantizer returns integer codes and the *dequantization step* ``scale`` such that
+``A ≈ A_i8 * scale`` (absmax) or ``A ≈ (A_i8 - zero_point) * scale`` (zeropoint). The paper writes
+the inverse, ``s = 127 / max|A|``; we keep the step so that dequantizing and denormalizing a
+matmul are multiplications.
+
+Codes are symmetric in ``[-127, 127]``: -128 is never produced, so negating a code cannot overflow
+and absmax quantization is an odd function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "INT8_MAX",
+    "absmax_quantize",
+    "rowwise_quantize",
+    "zeropoint_quantize",
+    "dequantize",
+]
+
+INT8_MAX = 127
+"""Largest int8 code used; the paper's 127 in ``s = 127 / max|A|``."""
+
+# Smallest absmax we divide by. A zero (or all-zero row) tensor quantizes to zero codes with a zero
+# scale instead of dividing by zero; any positive float32 absmax is far above this.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _round_to_int8(A_scaled: torch.Tensor) -> torch.Tensor:
+    # round-half-to-even, as torch.round; clamp guards the last ulp of a division.
+    return A_scaled.round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+
+
+def absmax_quantize(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensor-wise absmax: ``s_a = 127 / max|A|``, ``A_i8 = round(s_a * A)``.
+
+    Returns ``(A_i8, scale)`` with ``scale = max|A| / 127`` a 0-d float32 tensor.
+    """
+    return rowwise_quantize(A, dim=None)
+
+
+def rowwise_quantize(A: torch.Tensor, dim: int | None = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmax quantization with one scale per slice along ``dim``.
+
+    For ``X`` of shape (tokens, features) and ``dim=-1`` this is the paper's row-wise
+    quantization of ``X`` (one ``c_x`` per token); applied to ``W`` of shape (out, in) it gives
+    the per-output-feature ``c_w`` of vector-wise quantization. ``dim=None`` is tensor-wise
+    absmax. ``A_i8[i, :] = round(127 / max|A[i, :]| * A[i, :])``.
+
+    Returns ``(A_i8, scale)``; ``scale`` (float32) has ``A``'s shape with ``dim`` removed.
+    Non-finite inputs are the caller's business: LLM.int8() routes them to the float path first.
+    """
+    A = A.float()
+    if dim is None:
+        absmax = A.abs().amax()
+        scale_b = absmax
+    else:
+        absmax = A.abs().amax(dim=dim)
+        scale_b = absmax.unsqueeze(dim)
+    A_i8 = _round_to_int8(A * (INT8_MAX / scale_b.clamp_min(_TINY)))
+    return A_i8, absmax / INT8_MAX
+
+
+def zeropoint_quantize(
+    A: torch.Tensor, dim: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric (zeropoint) quantization, tensor-wise (``dim=None``) or per slice along ``dim``.
+
+    ``nd_a = 2*127 / (max A - min A)``, ``zp_a = -round(nd_a * min A) - 127``,
+    ``A_q = round(nd_a * A + zp_a)``; dequantize ``(A_q - zp_a) / nd_a``.
+
+    Returns ``(A_q, scale, zero_point)`` with ``scale = 1 / nd_a`` (float32) and ``zero_point``
+    integer-valued (int32) so that ``A ≈ (A_q - zero_point) * scale``. ``A_q`` spans the full
+    [-127, 127] range whatever the sign balance of ``A``, which is what makes zeropoint better than
+    absmax on one-sided distributions such as post-GeLU activations.
+    """
+    A = A.float()
+    if dim is None:
+        hi, lo = A.amax(), A.amin()
+    else:
+        hi, lo = A.amax(dim=dim, keepdim=True), A.amin(dim=dim, keepdim=True)
+    nd = (2 * INT8_MAX) / (hi - lo).clamp_min(_TINY)
+    zp = -(nd * lo).round() - INT8_MAX
+    A_q = _round_to_int8(A * nd + zp)
+    if dim is not None:
+        nd, zp = nd.squeeze(dim), zp.squeeze(dim)
+    return A_q, 1.0 / nd, zp.to(torch.int32)
+
+
+def dequantize(
+    A_i8: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None = None,
+    dim: int | None = -1,
+) -> torch.Tensor:
+    """Inverse of the quantizers above: ``A = (A_i8 - zero_point) * scale`` in float32.
+
+    ``scale`` and ``zero_point`` are broadcast along ``dim`` (the dimension that was reduced when
+    quantizing); pass ``dim=None`` for tensor-wise scales.
+    """
+    if dim is not None and scale.dim() > 0:
+        scale = scale.unsqueeze(dim)
+        if zero_point is not None and zero_point.dim() > 0:
+            zero_point = zero_point.unsqueeze(dim)
+    A = A_i8.float()
+    if zero_point is not None:
+        A = A - zero_point
+    return A * scale

@@ -1,0 +1,54 @@
+"""Plain, float64-exact references for the int8 matmuls: the test oracle and the fallback.
+
+Integer products are computed in float64: every partial sum of int8 x int8 products is an
+integer of magnitude at most ``K * 127**2``, exactly representable while below 2**53, i.e. for
+any ``K`` below 5.5e11. So these references equal an int32/int64 GEMM bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .outliers import outlier_columns
+from .quantize import rowwise_quantize
+
+__all__ = ["int8_matmul_reference", "int8_linear_reference"]
+
+
+def int8_matmul_reference(A_i8: torch.Tensor, B_i8: torch.Tensor) -> torch.Tensor:
+    """``C_i32 = A_i8 @ B_i8^T`` with exact integer accumulation.
+
+    ``A_i8``: (M, K) int8, ``B_i8``: (N, K) int8 (weight layout, out x in). Returns (M, N) int32.
+    """
+    if A_i8.dtype != torch.int8 or B_i8.dtype != torch.int8:
+        raise TypeError(f"int8 operands required, got {A_i8.dtype} and {B_i8.dtype}")
+    if A_i8.shape[-1] != B_i8.shape[-1]:
+        raise ValueError(f"inner dimensions differ: A {tuple(A_i8.shape)}, B {tuple(B_i8.shape)}")
+    return (A_i8.double() @ B_i8.double().T).to(torch.int32)
+
+
+def int8_linear_reference(
+    X: torch.Tensor,
+    W_i8: torch.Tensor,
+    s_w: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    threshold: float = 6.0,
+) -> torch.Tensor:
+    """LLM.int8() ``C = X W^T + b``, written out as in the paper, in float64.
+
+    ``C ≈ Σ_{h∈O} X^h W^h + (s_x ⊗ s_w) · Σ_{h∉O} X_i8^h W_i8^h``, where ``O`` are the outlier
+    columns of ``X`` (``outlier_columns``), ``X_i8, s_x`` the row-wise quantization of ``X`` with
+    the outlier columns removed, and ``W ≈ W_i8 * s_w`` the stored vector-wise weight. The outlier
+    part uses the dequantized weight columns, since only the int8 weight is stored.
+
+    ``X``: (M, K) float; ``W_i8``: (N, K) int8; ``s_w``: (N,) float. Returns (M, N) in X's dtype.
+    """
+    O = outlier_columns(X, threshold)  # (K,) bool
+    X_regular = X.masked_fill(O, 0)  # (M, K), outlier columns removed
+    X_i8, s_x = rowwise_quantize(X_regular, dim=-1)  # (M, K) int8, (M,)
+    C = int8_matmul_reference(X_i8, W_i8).double() * (s_x.double()[:, None] * s_w.double()[None, :])
+    W_outlier = W_i8[:, O].double() * s_w.double()[:, None]  # (N, |O|) dequantized columns
+    C = C + X[:, O].double() @ W_outlier.T
+    if bias is not None:
+        C = C + bias.double()
+    return C.to(X.dtype)
