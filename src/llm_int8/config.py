@@ -23,7 +23,7 @@ class Int8Config:
     """
 
     threshold: float = DEFAULT_THRESHOLD
-    skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES
+    skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES  # a str or list is accepted and normalised
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):

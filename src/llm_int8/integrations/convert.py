@@ -87,7 +87,8 @@ def quantize_model(
     Returns ``model``, or ``(model, ConversionReport)`` with ``return_report=True``; the report's
     summary is also logged at INFO level.
     """
-    config = Int8Config(threshold=threshold, skip_modules=tuple(skip_modules) if not isinstance(skip_modules, str) else (skip_modules,))
+    config = Int8Config(threshold=threshold, skip_modules=skip_modules)
+    )
     shared = _shared_parameter_ids(model)
     targets: list[tuple[str, nn.Module]] = []
     skipped: dict[str, str] = {}
@@ -123,5 +124,3 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
-
-

@@ -45,9 +45,7 @@ class Int8Linear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.threshold = float(threshold)
-        self.register_buffer(
-            "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
-        )
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         if bias:
             self.bias = nn.Parameter(
@@ -83,7 +81,9 @@ class Int8Linear(nn.Module):
 
     def memory_bytes(self) -> int:
         """Bytes held by this layer: int8 weight, scales and bias."""
-        return sum(t.numel() * t.element_size() for t in (self.weight_int8, self.weight_scale, self.bias) if t is not None)
+        return sum(
+            t.numel() * t.element_size() for t in (self.weight_int8, self.weight_scale, self.bias) if t is not None
+        )
 
     def _apply(self, fn, recurse=True):
         scale = self.weight_scale

@@ -29,8 +29,7 @@ def _check_inputs(x, weight_int8, weight_scale, bias, threshold):
         raise TypeError(f"int8_linear: input must be a float tensor, got {x.dtype}")
     if weight_int8.dtype != torch.int8 or weight_int8.dim() != 2:
         raise TypeError(
-            f"int8_linear: weight must be a 2-D int8 tensor, got {weight_int8.dtype} "
-            f"{tuple(weight_int8.shape)}"
+            f"int8_linear: weight must be a 2-D int8 tensor, got {weight_int8.dtype} {tuple(weight_int8.shape)}"
         )
     N, K = weight_int8.shape
     if x.dim() == 0 or x.shape[-1] != K:

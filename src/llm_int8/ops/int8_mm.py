@@ -61,9 +61,7 @@ def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor) -> torch.Tensor:
     if A_i8.dtype != torch.int8 or B_i8.dtype != torch.int8:
         raise TypeError(f"int8_mm needs int8 operands, got {A_i8.dtype} and {B_i8.dtype}")
     if A_i8.dim() != 2 or B_i8.dim() != 2 or A_i8.shape[1] != B_i8.shape[1]:
-        raise ValueError(
-            f"int8_mm needs A (M, K) and B (N, K), got {tuple(A_i8.shape)} and {tuple(B_i8.shape)}"
-        )
+        raise ValueError(f"int8_mm needs A (M, K) and B (N, K), got {tuple(A_i8.shape)} and {tuple(B_i8.shape)}")
     M, N = A_i8.shape[0], B_i8.shape[0]
     if M == 0 or N == 0 or A_i8.shape[1] == 0:
         return torch.zeros(M, N, dtype=torch.int32, device=A_i8.device)

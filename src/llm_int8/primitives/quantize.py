@@ -64,9 +64,7 @@ def rowwise_quantize(A: torch.Tensor, dim: int | None = -1) -> tuple[torch.Tenso
     return A_i8, absmax / INT8_MAX
 
 
-def zeropoint_quantize(
-    A: torch.Tensor, dim: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def zeropoint_quantize(A: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric (zeropoint) quantization, tensor-wise (``dim=None``) or per slice along ``dim``.
 
     ``nd_a = 2*127 / (max A - min A)``, ``zp_a = -round(nd_a * min A) - 127``,

