@@ -88,7 +88,6 @@ def quantize_model(
     summary is also logged at INFO level.
     """
     config = Int8Config(threshold=threshold, skip_modules=skip_modules)
-    )
     shared = _shared_parameter_ids(model)
     targets: list[tuple[str, nn.Module]] = []
     skipped: dict[str, str] = {}
