@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import int8_linear
+from ..ops import PackedWeightCache, int8_linear
 from ..primitives import rowwise_quantize
 
 __all__ = ["Int8Linear"]
@@ -45,6 +45,8 @@ class Int8Linear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.threshold = float(threshold)
+        # derived, never saved: the backend's packed copy of weight_int8, rebuilt when that buffer changes
+        self._packed_weight = PackedWeightCache()
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         if bias:
@@ -73,7 +75,8 @@ class Int8Linear(nn.Module):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear(x, self.weight_int8, self.weight_scale, self.bias, self.threshold)
+        packed = self._packed_weight.get(self.weight_int8)
+        return int8_linear(x, self.weight_int8, self.weight_scale, self.bias, self.threshold, packed_weight=packed)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the int8 codes stand for, ``weight_int8 * weight_scale`` (a new tensor)."""
@@ -90,6 +93,7 @@ class Int8Linear(nn.Module):
         super()._apply(fn, recurse)
         # keep the scales float32 (see the class docstring); follow the device the buffers moved to
         self.weight_scale = scale.to(device=self.weight_int8.device, dtype=torch.float32)
+        self._packed_weight.clear()  # free the old layout now, not at the next forward
         return self
 
     def extra_repr(self) -> str:

@@ -1,6 +1,11 @@
-"""One public entry per operation; each dispatches to the fastest exact backend for the device."""
+"""One public entry per operation; each dispatches to the fastest exact backend for the device.
+
+Backends live in ``cpu.py`` (oneDNN) and ``cuda.py`` (cuBLASLt); ``_capability.py`` decides which
+one runs, and ``prepack.py`` holds weight layouts prepared once.
+"""
 
 from .int8_linear import int8_linear
 from .int8_mm import int8_mm
+from .prepack import PackedWeight, PackedWeightCache, prepack_int8_weight
 
-__all__ = ["int8_linear", "int8_mm"]
+__all__ = ["PackedWeight", "PackedWeightCache", "int8_linear", "int8_mm", "prepack_int8_weight"]

@@ -1,75 +1,74 @@
 """``int8_mm``: the integer GEMM ``C_i32 = A_i8 @ B_i8^T``, dispatched per device.
 
-Backends, in the order they are tried:
+Backends, each equal to ``llm_int8.primitives.int8_matmul_reference`` bit for bit:
 
-* ``torch._int_mm`` (cuBLASLt on CUDA; oneDNN / a native loop on CPU), a real int8 x int8 GEMM
-  with int32 accumulation. Its CUDA shape rules (M > 16, K and N multiples of 8) are met by
-  zero-padding, which does not change an integer product.
-* ``int8_matmul_reference``: float64-exact, for devices where ``_int_mm`` is missing.
-
-Every backend equals ``llm_int8.primitives.int8_matmul_reference`` bit for bit.
+* CUDA: cuBLASLt through ``torch._int_mm``, padded to its shape rules (``ops/cuda.py``).
+* CPU, x86 builds: fbgemm's (else oneDNN's) u8 x s8 GEMM on sign-split 7-bit codes
+  (``ops/cpu.py``), 30-60x faster than ``_int_mm`` on AVX2; the weight is reordered per call
+  unless its packed layout is passed (``prepack_int8_weight``).
+* CPU without either: ``torch._int_mm`` (exact, a slow generic loop).
+* Anything else: ``int8_matmul_reference`` (float64, exact).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..primitives import int8_matmul_reference
+from . import _capability, cpu, cuda
+from .prepack import PackedWeight
 
 __all__ = ["int8_mm"]
 
-# cuBLASLt's int8 GEMM behind torch._int_mm on CUDA requires M > 16 and K, N multiples of 8.
-_CUDA_MIN_M = 17
-_CUDA_ALIGN = 8
 
-
-def _has_int_mm(device: torch.device) -> bool:
-    # _int_mm exists for CPU and CUDA since torch 2.2; other devices (mps, xpu builds) vary.
-    return device.type in ("cpu", "cuda") and hasattr(torch, "_int_mm")
-
-
-def _needs_cuda_padding(device: torch.device) -> bool:
-    return device.type == "cuda"
-
-
-def _pad_to(n: int, multiple: int) -> int:
-    return (-n) % multiple
-
-
-def _int_mm_padded(A_i8: torch.Tensor, B_i8: torch.Tensor) -> torch.Tensor:
-    """``_int_mm`` under cuBLASLt's shape rules: zero rows/columns add nothing to an integer GEMM."""
-    M, K = A_i8.shape
-    N = B_i8.shape[0]
-    pad_m = max(_CUDA_MIN_M - M, 0)
-    pad_k = _pad_to(K, _CUDA_ALIGN)
-    pad_n = _pad_to(N, _CUDA_ALIGN)
-    if pad_m or pad_k:
-        A_i8 = F.pad(A_i8, (0, pad_k, 0, pad_m))  # (M + pad_m, K + pad_k)
-    if pad_k or pad_n:
-        B_i8 = F.pad(B_i8, (0, pad_k, 0, pad_n))  # (N + pad_n, K + pad_k)
-    C = torch._int_mm(A_i8, B_i8.T)  # (M + pad_m, N + pad_n)
-    return C[:M, :N]
-
-
-def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor) -> torch.Tensor:
-    """``C_i32 = A_i8 @ B_i8^T`` with int32 accumulation.
-
-    ``A_i8``: (M, K) int8 activations; ``B_i8``: (N, K) int8 weight in ``nn.Linear`` layout.
-    Returns (M, N) int32. Exact: equals ``int8_matmul_reference``.
-    """
+def _check_operands(A_i8: torch.Tensor, B_i8: torch.Tensor) -> None:
     if A_i8.dtype != torch.int8 or B_i8.dtype != torch.int8:
         raise TypeError(f"int8_mm needs int8 operands, got {A_i8.dtype} and {B_i8.dtype}")
     if A_i8.dim() != 2 or B_i8.dim() != 2 or A_i8.shape[1] != B_i8.shape[1]:
         raise ValueError(f"int8_mm needs A (M, K) and B (N, K), got {tuple(A_i8.shape)} and {tuple(B_i8.shape)}")
+    if A_i8.device != B_i8.device:
+        raise ValueError(f"int8_mm operands are on different devices: {A_i8.device} and {B_i8.device}")
+
+
+def _cpu_weight(B_i8: torch.Tensor, packed: PackedWeight | None, backend: str) -> cpu.CpuInt8Weight:
+    # a layout passed in was built by prepack_int8_weight; if it is for another kernel, or absent, pack now
+    if isinstance(packed, cpu.CpuInt8Weight) and packed.kernel == backend:
+        return packed
+    return cpu.prepack(B_i8, backend)
+
+
+def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWeight | None = None) -> torch.Tensor:
+    """``C_i32 = A_i8 @ B_i8^T`` with exact int32 accumulation.
+
+    ``A_i8``: (M, K) int8 activations; ``B_i8``: (N, K) int8 weight in ``nn.Linear`` layout;
+    ``packed``: optionally ``prepack_int8_weight(B_i8)``, reused across calls. Returns (M, N) int32.
+    """
+    _check_operands(A_i8, B_i8)
     M, N = A_i8.shape[0], B_i8.shape[0]
     if M == 0 or N == 0 or A_i8.shape[1] == 0:
         return torch.zeros(M, N, dtype=torch.int32, device=A_i8.device)
     device = A_i8.device
-    if not _has_int_mm(device):
-        return int8_matmul_reference(A_i8, B_i8)
-    if _needs_cuda_padding(device):
-        return _int_mm_padded(A_i8, B_i8)
-    # CPU: any shape. B^T as a view of the (N, K) weight: measured 5x faster than a contiguous
-    # (K, N) copy with torch 2.13 on AVX2.
-    return torch._int_mm(A_i8.contiguous(), B_i8.T)
+    if device.type == "cuda" and _capability.has_int_mm():
+        return cuda.int_mm_padded(A_i8, B_i8)
+    if device.type == "cpu":
+        backend = _capability.cpu_int8_backend()
+        # the sign split needs codes in [-127, 127]; LLM.int8()'s quantizers never produce -128
+        if backend in (_capability.FBGEMM, _capability.ONEDNN) and not (A_i8 == -128).any():
+            return cpu.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
+        if backend == _capability.INT_MM:
+            # B^T as a view of the (N, K) weight: 5x faster than a contiguous (K, N) copy (torch 2.13, AVX2)
+            return torch._int_mm(A_i8.contiguous(), B_i8.T)
+    return int8_matmul_reference(A_i8, B_i8)
+
+
+def int8_mm_float(A_codes: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWeight | None = None) -> torch.Tensor:
+    """``int8_mm(A_codes.to(int8), B_i8).float()``, (M, N) float32, for ``int8_linear``.
+
+    ``A_codes``: (M, K) float32 holding integers in [-127, 127] (as quantization produces them);
+    the CPU kernels read them as they are, skipping an int8 and an int32 round trip.
+    """
+    if A_codes.device.type == "cpu":
+        backend = _capability.cpu_int8_backend()
+        if backend in (_capability.FBGEMM, _capability.ONEDNN):
+            return cpu.int8_mm_float(A_codes, B_i8, _cpu_weight(B_i8, packed, backend))
+    return int8_mm(A_codes.to(torch.int8), B_i8, packed=packed).float()

@@ -1,0 +1,85 @@
+"""Capability probes: which integer GEMM this process can run on CPU, and why.
+
+Dispatch code calls these through the module (``_capability.cpu_int8_backend()``), never through
+names imported from it, so that a test can patch one probe and run every branch on any machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+from . import cpu
+
+__all__ = [
+    "FBGEMM",
+    "INT_MM",
+    "ONEDNN",
+    "REFERENCE",
+    "cpu_int8_backend",
+    "has_fbgemm_linear",
+    "has_int_mm",
+    "has_onednn_linear",
+]
+
+logger = logging.getLogger(__name__)
+
+FBGEMM = cpu.FBGEMM
+"""fbgemm's u8 x s8 GEMM behind ``quantized::linear_dynamic`` on sign-split 7-bit codes (``cpu.py``)."""
+ONEDNN = cpu.ONEDNN
+"""oneDNN's u8 x s8 GEMM behind ``onednn::qlinear_pointwise``, same split; slow below ~32 rows."""
+INT_MM = "int_mm"
+"""``torch._int_mm``: exact, but a generic loop on CPU (seconds for 512x4096x4096 on AVX2)."""
+REFERENCE = "reference"
+"""``int8_matmul_reference``: float64 GEMM, exact for any K below 5e11."""
+
+
+def _self_test(kernel: str) -> bool:
+    """Run the kernel once on codes that would saturate an int16 pair sum or a 7-bit misreading."""
+    A = torch.full((4, 256), 127, dtype=torch.int8)  # (M, K)
+    A[1::2] = -127
+    A[2, ::3] = 5
+    W = torch.full((8, 256), 127, dtype=torch.int8)  # (N, K)
+    W[::3] = -127
+    W[4, 1::2] = -3
+    try:
+        C = cpu.int8_mm_int32(A, W, cpu.prepack(W, kernel))
+    except (RuntimeError, AttributeError, NotImplementedError) as err:
+        logger.debug("CPU int8 kernel %s unavailable: %s", kernel, err)
+        return False
+    exact = torch.equal(C, (A.double() @ W.double().T).to(torch.int32))
+    if not exact:
+        logger.warning("CPU int8 kernel %s returned wrong integers on its self-test; not using it", kernel)
+    return exact
+
+
+@functools.cache
+def has_fbgemm_linear() -> bool:
+    """fbgemm's quantized linear is registered (x86 builds) and exact on this CPU."""
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        return False  # qnnpack (ARM) ignores reduce_range, so the unit scale of cpu.py would not hold
+    return _self_test(FBGEMM)
+
+
+@functools.cache
+def has_onednn_linear() -> bool:
+    """oneDNN's quantized linear is registered (x86 builds with mkldnn) and exact on this CPU."""
+    return torch.backends.mkldnn.is_available() and _self_test(ONEDNN)
+
+
+def has_int_mm() -> bool:
+    # _int_mm exists for CPU and CUDA since torch 2.2
+    return hasattr(torch, "_int_mm")
+
+
+def cpu_int8_backend() -> str:
+    """The integer GEMM for CPU tensors, fastest first: ``FBGEMM``, ``ONEDNN``, ``INT_MM``, ``REFERENCE``."""
+    if has_fbgemm_linear():
+        return FBGEMM
+    if has_onednn_linear():
+        return ONEDNN
+    if has_int_mm():
+        return INT_MM
+    return REFERENCE

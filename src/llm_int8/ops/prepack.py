@@ -1,0 +1,65 @@
+"""Packed weight layouts: derived from ``weight_int8`` once, never saved, rebuilt when it changes.
+
+The int8 weight buffer stays the single source of truth (it is what ``state_dict`` holds); a
+backend that wants the weight reordered (fbgemm's or oneDNN's blocked layout on CPU) gets it from
+``prepack_int8_weight``, and a module keeps the result in a ``PackedWeightCache``.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from . import _capability, cpu
+
+__all__ = ["PackedWeight", "PackedWeightCache", "prepack_int8_weight"]
+
+PackedWeight = cpu.CpuInt8Weight
+"""What ``prepack_int8_weight`` returns; only the CPU backends pack today."""
+
+
+def prepack_int8_weight(weight_int8: torch.Tensor) -> PackedWeight | None:
+    """The layout the current backend wants for this (N, K) int8 weight, or ``None`` if it reads it as is."""
+    if weight_int8.device.type == "cpu":
+        backend = _capability.cpu_int8_backend()
+        if backend in (_capability.FBGEMM, _capability.ONEDNN):
+            return cpu.prepack(weight_int8, backend)
+    return None
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version  # bumped by every in-place write (copy_, load_state_dict)
+    except RuntimeError:  # inference tensors have no version counter and cannot be written outside inference mode
+        return -1
+
+
+class PackedWeightCache:
+    """Lazily packs one module's int8 weight; stale as soon as that tensor is replaced or written to.
+
+    Holds no strong reference to the weight, and is dropped (not copied) by ``deepcopy`` and
+    pickling: oneDNN's layout is an opaque tensor that can be neither, and it is cheap to rebuild.
+    """
+
+    __slots__ = ("_key", "_packed")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._key = None
+        self._packed = None
+
+    def get(self, weight_int8: torch.Tensor) -> PackedWeight | None:
+        key = (_capability.cpu_int8_backend(), weight_int8.device, _version(weight_int8))
+        if self._key is None or self._key[0]() is not weight_int8 or self._key[1:] != key:
+            self._packed = prepack_int8_weight(weight_int8)
+            self._key = (weakref.ref(weight_int8), *key)
+        return self._packed
+
+    def __deepcopy__(self, memo) -> PackedWeightCache:
+        return PackedWeightCache()
+
+    def __reduce__(self):
+        return (PackedWeightCache, ())
