@@ -6,20 +6,35 @@ Layers, each importing only those before it:
 """
 
 from .config import Int8Config
-from .integrations import ConversionReport, linear_memory, load_model, quantize_model
+from .integrations import (
+    CheckpointError,
+    ConversionReport,
+    LLMInt8Config,
+    from_pretrained,
+    linear_memory,
+    load_model,
+    quantize_model,
+    save_bitsandbytes,
+    save_pretrained,
+)
 from .nn import Int8Linear
 from .ops import int8_linear, int8_mm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "ConversionReport",
     "Int8Config",
     "Int8Linear",
+    "LLMInt8Config",
     "__version__",
+    "from_pretrained",
     "int8_linear",
     "int8_mm",
     "linear_memory",
     "load_model",
     "quantize_model",
+    "save_bitsandbytes",
+    "save_pretrained",
 ]

@@ -1,13 +1,27 @@
-"""Wiring into the model ecosystem: module swap, model loading (Hugging Face, GGUF)."""
+"""Wiring into the model ecosystem: module swap, model loading (Hugging Face, GGUF), streaming int8
+loading, saving (ours and bitsandbytes' format), and transformers' quantizer registration.
 
+Importing this package registers ``quant_method="llm_int8"`` with transformers.
+"""
+
+from .checkpoint import CheckpointError
 from .convert import ConversionReport, linear_memory, quantize_model
+from .hf_quantizer import LLMInt8Config, LLMInt8HfQuantizer
 from .loading import default_model_path, load_model, resolve_model_source
+from .pretrained import from_pretrained
+from .saving import save_bitsandbytes, save_pretrained
 
 __all__ = [
+    "CheckpointError",
     "ConversionReport",
+    "LLMInt8Config",
+    "LLMInt8HfQuantizer",
     "default_model_path",
+    "from_pretrained",
     "linear_memory",
     "load_model",
     "quantize_model",
     "resolve_model_source",
+    "save_bitsandbytes",
+    "save_pretrained",
 ]

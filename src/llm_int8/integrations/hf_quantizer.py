@@ -1,0 +1,196 @@
+"""transformers-native LLM.int8(): ``LLMInt8Config`` and the ``HfQuantizer`` behind it.
+
+Registered with transformers under ``quant_method="llm_int8"`` when ``llm_int8`` is imported, so
+
+* ``AutoModelForCausalLM.from_pretrained(path, quantization_config=LLMInt8Config(threshold=6.0))``
+  quantizes a float checkpoint while transformers loads it, one weight at a time, and
+* ``AutoModelForCausalLM.from_pretrained(saved_int8_dir)`` reloads a checkpoint saved by this library
+  (its ``config.json`` carries the ``quantization_config``) without any float weights.
+
+Hooks used (transformers 5): ``preprocess_model`` swaps layers on the meta device before loading
+(pre-quantized checkpoints); ``param_needs_quantization`` + ``get_quantize_ops`` quantize a float
+``weight`` as it is materialised (float checkpoints), replacing the meta ``nn.Linear`` by an
+``Int8Linear`` that receives ``weight_int8`` / ``weight_scale``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers.core_model_loading import ConversionOps
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+    register_quantization_config,
+    register_quantizer,
+)
+from transformers.quantizers.base import HfQuantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from ..config import DEFAULT_THRESHOLD, Int8Config
+from ..nn import Int8Linear
+from ..primitives import rowwise_quantize
+from .convert import _set_submodule
+from .swap import automatic_skip_modules, int8_targets, is_conv1d, swap_linears_on_meta
+
+__all__ = ["FORMAT_VERSION", "QUANT_METHOD", "LLMInt8Config", "LLMInt8HfQuantizer"]
+
+logger = logging.getLogger(__name__)
+
+QUANT_METHOD = "llm_int8"
+FORMAT_VERSION = 1
+"""Version of the on-disk layout: per int8 layer ``weight_int8`` (out, in) int8 and ``weight_scale``
+(out,) float32 = row absmax / 127, plus ``bias``; layers in ``modules_to_not_convert`` stay float."""
+
+
+class LLMInt8Config(QuantizationConfigMixin):
+    """Quantization config for LLM.int8(), usable as transformers' ``quantization_config``.
+
+    ``threshold``: outlier threshold α. ``skip_modules``: the user's extra layer names (or name
+    suffixes) to keep in float, added to the automatic list (``lm_head``, tied output embeddings).
+    ``modules_to_not_convert``: the resolved list of float linear layers, filled in when a model is
+    quantized and saved with it, so a reload rebuilds exactly the same split.
+    ``format_version``: checked on load; a newer format than this library knows is an error.
+    """
+
+    def __init__(
+        self,
+        threshold: float = DEFAULT_THRESHOLD,
+        skip_modules: list[str] | tuple[str, ...] | None = None,
+        modules_to_not_convert: list[str] | None = None,
+        format_version: int = FORMAT_VERSION,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("quant_method", None)
+        if kwargs:
+            raise TypeError(f"LLMInt8Config got unknown arguments {sorted(kwargs)}")
+        if skip_modules is not None and not skip_modules:
+            skip_modules = None
+        # validates threshold and names the same way as quantize_model
+        checked = Int8Config(threshold=threshold, skip_modules=tuple(skip_modules or ("lm_head",)))
+        if not isinstance(format_version, int) or format_version < 1:
+            raise ValueError(f"format_version must be a positive int, got {format_version!r}")
+        if format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"this checkpoint uses llm_int8 format version {format_version}, but this llm_int8 reads up to "
+                f"version {FORMAT_VERSION}: upgrade llm-int8"
+            )
+        self.quant_method = QUANT_METHOD
+        self.threshold = checked.threshold
+        self.skip_modules = list(skip_modules) if skip_modules is not None else None
+        self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
+        self.format_version = format_version
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quant_method": QUANT_METHOD,
+            "threshold": self.threshold,
+            "skip_modules": self.skip_modules,
+            "modules_to_not_convert": self.modules_to_not_convert,
+            "format_version": self.format_version,
+        }
+
+
+class _QuantizeOnLoad(ConversionOps):
+    """Turns the float ``<layer>.weight`` that transformers just materialised into an ``Int8Linear``."""
+
+    def __init__(self, hf_quantizer: LLMInt8HfQuantizer) -> None:
+        self.hf_quantizer = hf_quantizer
+
+    def convert(self, input_dict, source_patterns=None, target_patterns=None, **kwargs):
+        model = kwargs["model"]
+        missing_keys = kwargs.get("missing_keys")
+        out = {}
+        for key, value in input_dict.items():
+            value = value[0] if isinstance(value, list) else value
+            layer = key.removesuffix(".weight")
+            old = model.get_submodule(layer)
+            W = value.T if is_conv1d(old) else value  # (out, in)
+            if not torch.isfinite(W).all():
+                raise ValueError(f"{key}: the checkpoint weight holds NaN or Inf values; cannot quantize it")
+            W_i8, s_w = rowwise_quantize(W, dim=-1)  # (out, in) int8, (out,) float32
+            bias = getattr(old, "bias", None)
+            new = Int8Linear(
+                W.shape[1],
+                W.shape[0],
+                bias=bias is not None,
+                threshold=self.hf_quantizer.quantization_config.threshold,
+                device="meta",
+            )
+            if bias is not None:
+                new.bias = bias  # already loaded (keys arrive sorted, bias first) or filled in later
+            new.train(old.training)
+            _set_submodule(model, layer, new)
+            if missing_keys is not None:
+                missing_keys.discard(key)
+            out[f"{layer}.weight_int8"] = W_i8
+            out[f"{layer}.weight_scale"] = s_w
+        return out
+
+
+class LLMInt8HfQuantizer(HfQuantizer):
+    """transformers' loader hooks for LLM.int8() (see the module docstring)."""
+
+    requires_calibration = False
+    quantization_config: LLMInt8Config
+
+    def __init__(self, quantization_config: LLMInt8Config, **kwargs: Any) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self._targets: set[str] = set()
+
+    @property
+    def quantized_element_size(self) -> float:
+        return 1  # int8 codes; lets accelerate's device maps count int8 bytes, not float
+
+    def update_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return dtype  # compute in the checkpoint's / user's dtype: a bf16 model stays bf16
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        cfg = self.quantization_config
+        if self.pre_quantized and cfg.modules_to_not_convert is not None:
+            skip = list(cfg.modules_to_not_convert)
+        else:
+            skip = automatic_skip_modules(model) + list(cfg.skip_modules or ())
+        to_int8, kept = int8_targets(model, skip)
+        cfg.modules_to_not_convert = kept
+        if self.pre_quantized:
+            dtype = kwargs.get("dtype")
+            swap_linears_on_meta(model, to_int8, cfg.threshold, bias_dtype=dtype if dtype else None)
+        else:
+            self._targets = set(to_int8)
+        return model
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        if self.pre_quantized or not param_name.endswith(".weight"):
+            return False
+        return param_name.removesuffix(".weight") in self._targets
+
+    def get_quantize_ops(self):
+        return _QuantizeOnLoad(self)
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        left = [n for n in self._targets if not isinstance(model.get_submodule(n), Int8Linear)]
+        if left:
+            raise ValueError(f"{len(left)} linear layers were not quantized (no weight in the checkpoint?): {left[:5]}")
+        model.is_loaded_in_8bit = True
+        return model
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False  # the int8 weights are frozen; gradients still flow to the inputs (adapters)
+
+
+def _register() -> None:
+    """Make ``quant_method="llm_int8"`` known to transformers (idempotent)."""
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(LLMInt8Config)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(LLMInt8HfQuantizer)
+
+
+_register()

@@ -1,0 +1,416 @@
+"""``from_pretrained``: load a Hugging Face checkpoint straight into an int8 model, streaming.
+
+The paper's promise is that a 16-bit checkpoint "can be loaded, converted to Int8, and used
+immediately"; that only saves memory if the float model is never held whole. So:
+
+1. build the model skeleton on the ``meta`` device (no memory; small non-persistent buffers such as
+   rotary tables are built for real), swap its linear layers for ``Int8Linear`` there;
+2. read the checkpoint one tensor at a time; a linear weight is read in blocks of rows, each block
+   quantized row-wise (``W_i8[i] = round(127 / max|W[i]| * W[i])``, ``s_w[i] = max|W[i]| / 127``)
+   into the preallocated int8 buffer, so at no time is more than one block of float weight alive;
+3. check that every tensor the model expects arrived with the shape and dtype its config implies,
+   tie the output embedding, attach the ``LLMInt8Config`` (so ``save_pretrained`` records it).
+
+The same reader loads checkpoints saved by this library (``weight_int8`` / ``weight_scale``) and
+bitsandbytes 8-bit checkpoints (``weight`` int8 + ``SCB`` = row absmax, so ``weight_scale = SCB/127``),
+neither of which ever holds a float weight.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import DEFAULT_THRESHOLD, Int8Config
+from ..nn import Int8Linear
+from ..primitives import rowwise_quantize
+from ..primitives.quantize import INT8_MAX
+from .checkpoint import CheckpointError, CheckpointShards
+from .convert import quantize_model
+from .hf_quantizer import QUANT_METHOD, LLMInt8Config, LLMInt8HfQuantizer
+from .loading import resolve_model_source
+from .offload import device_for, dispatch, plan_device_map
+from .swap import automatic_skip_modules, int8_targets, swap_linears_on_meta
+
+__all__ = ["from_pretrained"]
+
+logger = logging.getLogger(__name__)
+
+# Float32 bytes of one block of weight rows quantized at a time: small enough to be noise next to
+# the int8 model, large enough for the reads and the row-wise quantizer to run at full speed.
+_BLOCK_BYTES = 8 * 2**20
+
+# bitsandbytes' weight_format codes; only the plain row-major layout is a portable checkpoint
+_BNB_ROW_FORMAT = 0
+
+# checkpoint leaves of an int8 layer besides ours: float or bitsandbytes int8 "weight", bnb's scales
+_BNB_LEAVES = ("weight", "SCB", "weight_format")
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _malloc_trim() -> None:
+    """Give freed heap pages back to the OS (glibc only), so RSS reflects what is really held."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _is_float(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point
+
+
+class _KeyMap:
+    """Maps a checkpoint tensor name to the model's: as is, or with the base-model prefix added or
+    removed (a checkpoint of the bare ``LlamaModel`` loaded into ``LlamaForCausalLM`` and back)."""
+
+    def __init__(self, model: nn.Module, names: set[str]) -> None:
+        self.names = names
+        self.prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def __call__(self, ckpt_key: str) -> str | None:
+        if ckpt_key in self.names:
+            return ckpt_key
+        if self.prefix:
+            for cand in (f"{self.prefix}.{ckpt_key}", ckpt_key.removeprefix(self.prefix + ".")):
+                if cand in self.names:
+                    return cand
+        return None
+
+
+def _resolve_dtype(dtype, config, headers) -> torch.dtype:
+    """The compute dtype: the user's, else the config's, else the checkpoint's first float tensor's."""
+    if dtype is not None and dtype != "auto":
+        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    cfg_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(cfg_dtype, str):
+        cfg_dtype = getattr(torch, cfg_dtype, None)
+    if isinstance(cfg_dtype, torch.dtype) and cfg_dtype.is_floating_point:
+        return cfg_dtype
+    for info in headers.values():
+        if info.dtype.is_floating_point:
+            return info.dtype
+    return torch.float32
+
+
+def _read_quantized(handle, key: str, transposed: bool, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize checkpoint tensor ``key`` row-wise while reading it in blocks of rows.
+
+    For an ``nn.Linear`` the stored weight is ``W`` (out, in) and each block of output rows is
+    quantized on its own. A ``Conv1D`` stores ``W^T`` (in, out): the row absmax of ``W`` is a column
+    max there, so a first pass over the blocks collects it and a second pass writes the codes.
+    Returns ``(W_i8 (out, in) int8, s_w (out,) float32)``, identical to ``rowwise_quantize(W)``.
+    """
+    info = handle.tensors[key]
+    if not _is_float(info.dtype) or len(info.shape) != 2:
+        raise CheckpointError(
+            f"{info.path}: tensor {key!r} ({label}) is {info.dtype} {list(info.shape)}, but the config "
+            "describes a float 2-D linear weight"
+        )
+    rows, cols = info.shape
+    block_rows = max(1, _BLOCK_BYTES // (4 * max(cols, 1)))
+    buf = torch.empty(min(rows, block_rows) * cols, dtype=info.dtype)
+
+    def blocks():
+        for r0 in range(0, rows, block_rows):
+            r1 = min(rows, r0 + block_rows)
+            block = handle.read_rows(key, r0, r1, out=buf)  # (r1 - r0, cols)
+            if not torch.isfinite(block).all():
+                raise CheckpointError(f"{info.path}: tensor {key!r} holds NaN or Inf values; cannot quantize it")
+            yield r0, r1, block
+
+    if not transposed:
+        W_i8 = torch.empty(rows, cols, dtype=torch.int8)  # (out, in)
+        s_w = torch.empty(rows, dtype=torch.float32)
+        for r0, r1, W_block in blocks():
+            W_i8[r0:r1], s_w[r0:r1] = rowwise_quantize(W_block, dim=-1)
+        return W_i8, s_w
+    # Conv1D: stored (in, out) = (rows, cols)
+    absmax = torch.zeros(cols, dtype=torch.float32)  # (out,)
+    for _, _, WT_block in blocks():
+        torch.maximum(absmax, WT_block.float().abs().amax(dim=0), out=absmax)
+    inv_step = INT8_MAX / absmax.clamp_min(_TINY)  # (out,), as rowwise_quantize computes it
+    W_i8 = torch.empty(cols, rows, dtype=torch.int8)  # (out, in)
+    for r0, r1, WT_block in blocks():
+        codes = (WT_block.float() * inv_step).round_().clamp_(-INT8_MAX, INT8_MAX)  # (r1 - r0, out)
+        W_i8[:, r0:r1] = codes.T.to(torch.int8)
+    return W_i8, absmax / INT8_MAX
+
+
+def _set_tensor(model: nn.Module, key: str, value: torch.Tensor) -> None:
+    module_name, _, name = key.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    if name in module._parameters:
+        old = module._parameters[name]
+        requires_grad = bool(old is not None and old.requires_grad and value.is_floating_point())
+        if isinstance(module, Int8Linear):
+            requires_grad = False
+        module._parameters[name] = nn.Parameter(value, requires_grad=requires_grad)
+    elif name in module._buffers:
+        module._buffers[name] = value
+    else:
+        raise KeyError(key)
+
+
+def _local_folder(source: str, kwargs: dict) -> tuple[Path | None, dict]:
+    """``(folder, gguf kwargs)``: a local folder, a downloaded hub snapshot, or ``None`` for GGUF."""
+    name, extra = resolve_model_source(source)
+    if "gguf_file" in extra:
+        return None, extra
+    if Path(name).is_dir():
+        return Path(name), {}
+    from huggingface_hub import snapshot_download
+
+    folder = snapshot_download(
+        name,
+        allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"],
+        revision=kwargs.pop("revision", None),
+        token=kwargs.pop("token", None),
+    )
+    return Path(folder), {}
+
+
+def from_pretrained(
+    model: str | os.PathLike | None,
+    threshold: float | None = None,
+    skip_modules: list[str] | tuple[str, ...] | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    progress: bool = True,
+    offload_folder: str | os.PathLike | None = None,
+    auto_class=None,
+    **kwargs,
+):
+    """Load a Hugging Face causal LM with its linear layers as ``Int8Linear``, streaming the weights.
+
+    ``model``: a local Hugging Face folder (``model.safetensors``, sharded with an index, or
+    ``pytorch_model.bin`` read with ``weights_only=True``), a folder saved by this library or by
+    transformers + bitsandbytes in 8 bit, a ``.gguf`` file (dequantized by transformers, then
+    converted), or a hub id.
+
+    ``threshold``: outlier threshold α; ``None`` uses the checkpoint's saved value, else 6.0.
+    ``skip_modules``: extra layer names (or suffixes) kept in float, *added* to the automatic ones
+    (``lm_head``, tied output embeddings). ``dtype``: compute dtype of the float parts; default is
+    the checkpoint's (a bf16 checkpoint stays bf16). ``device_map`` / ``max_memory``: as in
+    transformers (``"auto"``, a dict, ...), planned on int8 sizes; ``"disk"`` entries go to
+    ``offload_folder``. ``auto_class``: the transformers auto class (``AutoModelForCausalLM``).
+    Remaining ``kwargs`` go to ``AutoConfig.from_pretrained``.
+
+    Raises ``CheckpointError`` (a ``ValueError``) naming the file and tensor for a missing, corrupt
+    or truncated shard, or for tensors whose shape / dtype disagree with the config.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    auto_class = auto_class or AutoModelForCausalLM
+    folder, gguf_kwargs = _local_folder(model, kwargs)
+    if folder is None:
+        return _from_gguf(model, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress)
+
+    config = AutoConfig.from_pretrained(folder, **kwargs)
+    saved_q = getattr(config, "quantization_config", None)
+    if saved_q is not None and not isinstance(saved_q, dict):
+        saved_q = saved_q.to_dict()
+    shards = CheckpointShards(folder)
+    headers = shards.read_headers()
+    dtype = _resolve_dtype(dtype, config, headers)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the skeleton is built plain; ours is attached at the end
+
+    # 1. skeleton on meta
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        hf_model = auto_class.from_config(config, dtype=dtype)
+
+    # which linear layers become int8, and from what
+    if saved_q and saved_q.get("quant_method") == QUANT_METHOD:
+        saved = LLMInt8Config.from_dict(saved_q)
+        if skip_modules:
+            logger.warning("skip_modules=%s ignored: %s is already int8", list(skip_modules), folder)
+        auto_skip = list(saved.modules_to_not_convert or automatic_skip_modules(hf_model))
+        if threshold is None:
+            threshold = saved.threshold
+        user_skip = list(saved.skip_modules or [])
+    elif saved_q and saved_q.get("load_in_8bit"):
+        auto_skip = automatic_skip_modules(hf_model) + list(saved_q.get("llm_int8_skip_modules") or [])
+        if threshold is None:
+            threshold = float(saved_q.get("llm_int8_threshold", DEFAULT_THRESHOLD))
+        user_skip = list(skip_modules or [])
+    elif saved_q:
+        raise CheckpointError(
+            f"{folder}: checkpoint is quantized with {saved_q.get('quant_method')!r}; only float, llm_int8 and "
+            "bitsandbytes 8-bit checkpoints can be loaded"
+        )
+    else:
+        auto_skip = automatic_skip_modules(hf_model)
+        user_skip = list(skip_modules or [])
+    threshold = Int8Config(threshold=DEFAULT_THRESHOLD if threshold is None else threshold).threshold
+
+    to_int8, kept = int8_targets(hf_model, auto_skip + user_skip)
+    # a layer stored int8 in the checkpoint is int8 whatever the lists say
+    all_linear = set(to_int8) | set(kept)
+    probe = _KeyMap(hf_model, {f"{n}.{leaf}" for n in all_linear for leaf in ("weight_int8", "SCB")})
+    stored_int8 = {probe(k).rpartition(".")[0] for k in headers if probe(k) is not None}
+    to_int8 = sorted(set(to_int8) | stored_int8)
+    kept = sorted(all_linear - set(to_int8))
+    conv1d = set(swap_linears_on_meta(hf_model, to_int8, threshold, bias_dtype=dtype))
+
+    # 2. device plan on the int8 skeleton
+    device_map = plan_device_map(hf_model, device_map, max_memory, dtype)
+    offload_index: dict = {}
+    if device_map and "disk" in device_map.values():
+        if offload_folder is None:
+            offload_folder = tempfile.mkdtemp(prefix="llm_int8_offload_")
+            logger.info("offloading to %s", offload_folder)
+        os.makedirs(offload_folder, exist_ok=True)
+
+    expected = hf_model.state_dict()
+    int8_set = set(to_int8)
+    # checkpoint spellings of an int8 layer's tensors: float "weight" (to quantize), or bitsandbytes'
+    # int8 "weight" + "SCB" (+ "weight_format"), or ours ("weight_int8", "weight_scale": in `expected`)
+    keymap = _KeyMap(hf_model, set(expected) | {f"{n}.{leaf}" for n in to_int8 for leaf in _BNB_LEAVES})
+    arrived: set[str] = set()
+    unexpected: list[str] = []
+
+    def place(key: str, value: torch.Tensor) -> None:
+        nonlocal offload_index
+        device = device_for(device_map, key)
+        if device == "disk":
+            from accelerate.utils import offload_weight
+
+            offload_index = offload_weight(value, key, offload_folder, offload_index)
+        else:
+            _set_tensor(hf_model, key, value.to(device) if str(device) != "cpu" else value)
+        arrived.add(key)
+
+    def check(info, key: str, shape: tuple[int, ...], float_expected: bool | None = None) -> None:
+        if tuple(info.shape) != tuple(shape):
+            raise CheckpointError(
+                f"{info.path}: tensor {info.name!r} has shape {list(info.shape)} but the config "
+                f"({type(config).__name__}) gives {key!r} the shape {list(shape)}"
+            )
+        if float_expected is not None and _is_float(info.dtype) != float_expected:
+            raise CheckpointError(
+                f"{info.path}: tensor {info.name!r} is {info.dtype} but {key!r} must be "
+                f"{'a float' if float_expected else 'an integer'} tensor"
+            )
+
+    # 3. stream, one file and one tensor at a time
+    bar = tqdm(total=len(headers), desc="loading int8", unit="tensor", disable=not progress)
+    try:
+        for handle in shards.open_files():
+            for ckey in handle.keys():
+                bar.update(1)
+                info = handle.tensors[ckey]
+                key = keymap(ckey)
+                if key is None:
+                    unexpected.append(ckey)
+                    continue
+                layer, _, leaf = key.rpartition(".")
+                if layer in int8_set and leaf == "weight":
+                    i8_key = f"{layer}.weight_int8"
+                    shape = tuple(expected[i8_key].shape)
+                    if info.dtype == torch.int8:  # bitsandbytes: the int8 codes, row-major (out, in)
+                        check(info, i8_key, shape)
+                        place(i8_key, handle.read(ckey))
+                        continue
+                    check(info, key, shape[::-1] if layer in conv1d else shape, float_expected=True)
+                    W_i8, s_w = _read_quantized(handle, ckey, layer in conv1d, f"weight of {layer}")
+                    place(i8_key, W_i8)
+                    place(f"{layer}.weight_scale", s_w)
+                    continue
+                if layer in int8_set and leaf == "SCB":  # bitsandbytes: row absmax of W
+                    scale_key = f"{layer}.weight_scale"
+                    check(info, scale_key, tuple(expected[scale_key].shape), float_expected=True)
+                    place(scale_key, handle.read(ckey).float() / INT8_MAX)
+                    continue
+                if layer in int8_set and leaf == "weight_format":
+                    fmt = handle.read(ckey).reshape(-1)
+                    if fmt.numel() != 1 or int(fmt[0]) != _BNB_ROW_FORMAT:
+                        raise CheckpointError(
+                            f"{info.path}: tensor {ckey!r}: bitsandbytes weight format {fmt.tolist()} is a "
+                            "GPU-specific tiled layout; only the row-major format (0) can be loaded"
+                        )
+                    continue
+                ref = expected[key]
+                check(info, key, tuple(ref.shape), float_expected=_is_float(ref.dtype))
+                if not _is_float(ref.dtype) and info.dtype != ref.dtype:
+                    raise CheckpointError(
+                        f"{info.path}: tensor {ckey!r} is {info.dtype} but the model expects {ref.dtype} for {key!r}"
+                    )
+                value = handle.read(ckey)
+                if value.dtype != ref.dtype:
+                    value = value.to(ref.dtype)  # weight_scale stays float32, the rest in `dtype`
+                place(key, value)
+            _malloc_trim()
+    finally:
+        bar.close()
+
+    ignore = [re.compile(p) for p in (getattr(hf_model, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    unexpected = [k for k in unexpected if not any(p.search(k) for p in ignore)]
+    if unexpected:
+        raise CheckpointError(
+            f"{folder}: {len(unexpected)} checkpoint tensors match nothing in the model ({type(config).__name__}): "
+            f"{unexpected[:10]}"
+        )
+    tied = dict(getattr(hf_model, "all_tied_weights_keys", None) or {})
+    tied_names = set(tied) | set(tied.values())
+    missing = sorted(k for k in set(expected) - arrived if k not in tied_names)
+    if missing:
+        raise CheckpointError(
+            f"{folder}: {len(missing)} tensors the model needs are not in the checkpoint: {missing[:10]}"
+        )
+    hf_model.tie_weights()
+    if device_map is None or set(device_map.values()) <= {"cpu"}:
+        still_meta = [n for n, t in [*hf_model.named_parameters(), *hf_model.named_buffers()] if t.is_meta]
+        if still_meta:
+            raise CheckpointError(f"{folder}: tensors left unloaded: {still_meta[:10]}")
+
+    _attach_config(hf_model, threshold, user_skip, kept)
+    if device_map:
+        hf_model.hf_device_map = device_map
+        hf_model = dispatch(hf_model, device_map, offload_folder, offload_index)
+    hf_model.eval()
+    _malloc_trim()
+    logger.info("loaded %s: %d int8 linear layers, %d kept in float", folder, len(to_int8), len(kept))
+    return hf_model
+
+
+def _attach_config(model: nn.Module, threshold: float, user_skip, kept) -> None:
+    """Record the quantization on the model so ``save_pretrained`` writes it to ``config.json``."""
+    qconfig = LLMInt8Config(
+        threshold=threshold, skip_modules=list(user_skip or []) or None, modules_to_not_convert=kept
+    )
+    model.config.quantization_config = qconfig
+    model.hf_quantizer = LLMInt8HfQuantizer(qconfig, pre_quantized=True)
+    model.is_loaded_in_8bit = True
+    if hasattr(model.config, "_is_quantized"):
+        model.config._is_quantized = True
+
+
+def _from_gguf(source, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress):
+    """GGUF: transformers dequantizes it to float on load; convert after (a GGUF is small anyway)."""
+    name, extra = resolve_model_source(source)
+    model = auto_class.from_pretrained(name, dtype=dtype or torch.float32, **extra)
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    skip = automatic_skip_modules(model) + list(skip_modules or [])
+    to_int8, kept = int8_targets(model, skip)
+    quantize_model(model, threshold=threshold, skip_modules=tuple(skip), progress=progress)
+    _attach_config(model, threshold, skip_modules, kept)
+    model.eval()
+    return model
