@@ -1,0 +1,302 @@
+"""Every int8 GEMM backend, forced in turn by patching the capability probe, against the references.
+
+``int8_mm`` must equal ``int8_matmul_reference`` bit for bit on every backend, including operands
+that saturate an int16 pair sum or leave float32's exact-integer range; ``int8_linear`` must match
+``int8_linear_reference`` within the output dtype's resolution, and be bit-identical across backends.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+from llm_int8 import Int8Linear
+from llm_int8.ops import PackedWeightCache, _capability, cpu, int8_linear, int8_mm, prepack_int8_weight
+from llm_int8.ops.int8_linear import _quantize_activations
+from llm_int8.primitives import int8_linear_reference, int8_matmul_reference, outlier_columns, rowwise_quantize
+
+BACKENDS = [_capability.FBGEMM, _capability.ONEDNN, _capability.INT_MM, _capability.REFERENCE]
+PACKING = [_capability.FBGEMM, _capability.ONEDNN]
+# what the torch build ships, not what the probes accept: a kernel that fails its self-test here
+# must fail these tests, not skip them
+_AVAILABLE = {
+    _capability.FBGEMM: lambda: "fbgemm" in torch.backends.quantized.supported_engines,
+    _capability.ONEDNN: lambda: torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise"),
+    _capability.INT_MM: _capability.has_int_mm,
+    _capability.REFERENCE: lambda: True,
+}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# same quantization, float32 vs float64 denormalization, rounded to the output dtype
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
+
+
+def _ids(value):
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return None
+
+
+def _force(monkeypatch, backend: str) -> None:
+    if not _AVAILABLE[backend]():
+        pytest.skip(f"CPU int8 backend {backend} is not available in this torch build")
+    monkeypatch.setattr(_capability, "cpu_int8_backend", lambda: backend)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    _force(monkeypatch, request.param)
+    return request.param
+
+
+@pytest.fixture(params=PACKING)
+def packing_backend(request, monkeypatch):
+    _force(monkeypatch, request.param)
+    return request.param
+
+
+def _codes(*shape):
+    return torch.randint(-127, 128, shape, dtype=torch.int8)
+
+
+def _full_range(M, N, K):
+    """All-extreme codes: every product is +-127*127, every pair sum would saturate an int16."""
+    A = torch.full((M, K), 127, dtype=torch.int8)
+    A[1::2] = -127
+    B = torch.full((N, K), 127, dtype=torch.int8)
+    B[::3] = -127
+    return A, B
+
+
+def _planted(M, K, dims=(3, 11), magnitude=15.0):
+    X = torch.randn(M, K)
+    for d in dims:
+        if d < K:
+            X[:, d] = magnitude * torch.sign(torch.randn(M)) * (1 + torch.rand(M))
+    return X
+
+
+def _layer(K, N):
+    W_i8, s_w = rowwise_quantize(torch.randn(N, K) / K**0.5)
+    return W_i8, s_w, torch.randn(N)
+
+
+# --- int8_mm: bit-exact on every backend ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 64, 32), (2, 37, 23), (17, 77, 45), (130, 300, 70), (5, 1, 1)])
+def test_int8_mm_is_exact(backend, M, K, N):
+    A, B = _codes(M, K), _codes(N, K)
+    C = int8_mm(A, B)
+    assert C.dtype == torch.int32 and C.shape == (M, N)
+    assert torch.equal(C, int8_matmul_reference(A, B))
+
+
+@pytest.mark.parametrize("K", [64, 4099], ids=["small-K", "K>2^24/127^2"])
+def test_int8_mm_full_range_codes(backend, K):
+    # K=4099: |C| = 127^2 * 4099 > 2^24 and odd, so not a float32: the inexact-row fallback must run
+    A, B = _full_range(6, 10, K)
+    assert torch.equal(int8_mm(A, B), int8_matmul_reference(A, B))
+
+
+def test_int8_mm_mixed_exact_and_inexact_rows(backend):
+    A, B = _full_range(4, 8, 2051)
+    A[1] = torch.randint(-3, 4, (2051,), dtype=torch.int8)  # a row that stays in float32's exact range
+    A[2] = 0
+    assert torch.equal(int8_mm(A, B), int8_matmul_reference(A, B))
+
+
+@pytest.mark.parametrize("low", [0, 3], ids=["zeros", "small-codes"])
+def test_int8_mm_codes_below_full_scale(backend, low):
+    # fbgemm picks its activation scale from the data: a sentinel row must pin it to 1
+    A = torch.randint(-low, low + 1, (7, 96), dtype=torch.int8)
+    B = _codes(12, 96)
+    assert torch.equal(int8_mm(A, B), int8_matmul_reference(A, B))
+
+
+def test_int8_mm_minus_128(backend):
+    A, B = _codes(9, 50), _codes(11, 50)
+    A[3, 7] = -128
+    B[:, 0] = -128
+    assert torch.equal(int8_mm(A, B), int8_matmul_reference(A, B))
+
+
+def test_int8_mm_empty(backend):
+    assert int8_mm(_codes(0, 16), _codes(8, 16)).shape == (0, 8)
+    assert torch.equal(int8_mm(_codes(3, 0), _codes(4, 0)), torch.zeros(3, 4, dtype=torch.int32))
+
+
+def test_int8_mm_reuses_a_packed_weight(packing_backend):
+    B = _codes(40, 64)
+    packed = prepack_int8_weight(B)
+    assert packed is not None and packed.kernel == packing_backend
+    for M in (1, 3, 33):
+        A = _codes(M, 64)
+        assert torch.equal(int8_mm(A, B, packed=packed), int8_matmul_reference(A, B))
+
+
+def test_packed_weight_of_another_tensor_is_rejected(packing_backend):
+    packed = prepack_int8_weight(_codes(40, 64))
+    with pytest.raises(ValueError, match="belongs to another tensor"):
+        int8_mm(_codes(2, 64), _codes(41, 64), packed=packed)
+
+
+def test_static_exactness_bound_counts_minus_128():
+    W = torch.full((2, 1040), -128, dtype=torch.int8)  # 127 * 128 * 1040 > 2^24; |int8(-128)| overflows
+    assert not cpu.prepack(W, _capability.ONEDNN).always_exact
+    assert cpu.prepack(_codes(4, 64), _capability.ONEDNN).always_exact
+
+
+# --- the probes ----------------------------------------------------------------------------------
+
+
+def test_self_test_rejects_a_kernel_that_saturates(monkeypatch):
+    def clipped(A_i8, W_i8, weight):
+        return int8_matmul_reference(A_i8, W_i8).clamp(-32767, 32767)
+
+    monkeypatch.setattr(cpu, "int8_mm_int32", clipped)
+    assert not _capability._self_test(_capability.ONEDNN)
+
+
+def test_the_real_kernels_pass_their_self_test():
+    assert _capability.has_fbgemm_linear() == _AVAILABLE[_capability.FBGEMM]()
+    assert _capability.has_onednn_linear() == _AVAILABLE[_capability.ONEDNN]()
+
+
+def test_backend_order(monkeypatch):
+    monkeypatch.setattr(_capability, "has_fbgemm_linear", lambda: False)
+    assert _capability.cpu_int8_backend() in (_capability.ONEDNN, _capability.INT_MM)
+    monkeypatch.setattr(_capability, "has_onednn_linear", lambda: False)
+    assert _capability.cpu_int8_backend() == _capability.INT_MM
+    monkeypatch.setattr(_capability, "has_int_mm", lambda: False)
+    assert _capability.cpu_int8_backend() == _capability.REFERENCE
+
+
+# --- activation quantization: one pass, same codes as the primitives ----------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
+def test_fused_quantization_equals_primitives(dtype, threshold):
+    X = _planted(33, 70).to(dtype)
+    X[4] = 0  # an all-zero row
+    X[7, 20] = float("nan")
+    X[9, 21] = float("inf")
+    codes, s_x, outlier_idx = _quantize_activations(X, threshold)
+    O = outlier_columns(X.float(), threshold)
+    assert torch.equal(outlier_idx, O.nonzero().squeeze(1))
+    X_i8, s_x_ref = rowwise_quantize(X.float().masked_fill(O, 0))
+    assert torch.equal(codes.to(torch.int8), X_i8)
+    assert torch.equal(s_x, s_x_ref)
+    assert codes.abs().max() <= 127 and torch.equal(codes, codes.round())
+
+
+# --- int8_linear on every backend ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
+@pytest.mark.parametrize("M,K,N", [(1, 64, 48), (19, 77, 45), (64, 576, 192)])
+def test_int8_linear_matches_reference(backend, dtype, threshold, M, K, N):
+    W_i8, s_w, b = _layer(K, N)
+    X = _planted(M, K).to(dtype)
+    Y = int8_linear(X, W_i8, s_w, b.to(dtype), threshold)
+    ref = int8_linear_reference(X.double(), W_i8, s_w, b.to(dtype), threshold)
+    assert Y.dtype == dtype and Y.shape == (M, N)
+    torch.testing.assert_close(Y.double(), ref, rtol=0, atol=TOLERANCE[dtype] * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
+def test_int8_linear_is_identical_on_every_backend(monkeypatch, threshold):
+    # every backend yields float32(C_i32), so the whole layer agrees bit for bit
+    W_i8, s_w, b = _layer(300, 130)
+    X = _planted(21, 300)
+    outputs = {}
+    for name in BACKENDS:
+        if _AVAILABLE[name]():
+            monkeypatch.setattr(_capability, "cpu_int8_backend", lambda name=name: name)
+            outputs[name] = int8_linear(X, W_i8, s_w, b, threshold)
+    first = outputs.pop(_capability.REFERENCE)
+    for name, Y in outputs.items():
+        assert torch.equal(Y, first), name
+
+
+def test_int8_linear_full_range_activations(backend):
+    # rows of +-max: every code is +-127; a large odd K pushes C past float32's exact integers
+    K, N = 4099, 24
+    W_i8 = torch.full((N, K), 127, dtype=torch.int8)
+    W_i8[::2, ::3] = -127
+    s_w = torch.full((N,), 1e-3)
+    X = torch.ones(3, K)
+    X[1] = -1
+    X[2, ::2] = -1
+    Y = int8_linear(X, W_i8, s_w, None, 6.0)
+    ref = int8_linear_reference(X.double(), W_i8, s_w, None, 6.0)
+    torch.testing.assert_close(Y.double(), ref, rtol=1e-6, atol=0)
+
+
+def test_int8_linear_leading_dims_and_empty(backend):
+    W_i8, s_w, b = _layer(40, 24)
+    X = _planted(2 * 3 * 5, 40)
+    Y3 = int8_linear(X.view(2, 3, 5, 40), W_i8, s_w, b)
+    assert Y3.shape == (2, 3, 5, 24)
+    assert torch.equal(Y3.reshape(-1, 24), int8_linear(X, W_i8, s_w, b))
+    assert int8_linear(torch.randn(0, 7, 40), W_i8, s_w, b).shape == (0, 7, 24)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
+def test_int8_linear_nan_propagates(backend, threshold):
+    K, N = 32, 12
+    W_i8, s_w, b = _layer(K, N)
+    X = torch.randn(6, K)
+    X[1, 4] = float("nan")
+    X[3, 9] = float("inf")
+    Y = int8_linear(X, W_i8, s_w, b, threshold)
+    expected = torch.nn.functional.linear(X, W_i8.float() * s_w[:, None], b)
+    assert torch.equal(torch.isnan(Y), torch.isnan(expected))
+    assert torch.isfinite(Y[[0, 2, 4, 5]]).all()
+
+
+def test_int8_linear_gradient(backend):
+    W_i8, s_w, b = _layer(48, 20)
+    X = _planted(9, 48).requires_grad_()
+    int8_linear(X, W_i8, s_w, b).sum().backward()
+    expected = (W_i8.double() * s_w.double()[:, None]).sum(0).expand(9, 48)
+    torch.testing.assert_close(X.grad.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+# --- the packed layout a module keeps ------------------------------------------------------------
+
+
+def test_module_packs_once_and_repacks_when_the_weight_changes(packing_backend, monkeypatch):
+    calls = []
+    real = cpu.prepack
+    monkeypatch.setattr(cpu, "prepack", lambda W, kernel: calls.append(kernel) or real(W, kernel))
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))
+    X = _planted(5, 64)
+    Y = layer(X)
+    layer(X)
+    assert calls == [packing_backend]
+    other = Int8Linear.from_linear(torch.nn.Linear(64, 32))
+    layer.load_state_dict(other.state_dict())  # in-place copy into the buffers: version bump
+    assert torch.equal(layer(X), other(X)) and not torch.equal(layer(X), Y)
+    assert len(calls) == 3  # layer repacked once, other packed once
+    layer.to(torch.bfloat16)  # buffers replaced or kept; the cache is dropped either way
+    layer(X.bfloat16())
+    assert len(calls) == 4
+
+
+def test_module_with_a_packed_weight_deepcopies_and_pickles(packing_backend):
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))
+    X = _planted(5, 64)
+    Y = layer(X)  # builds the (uncopyable, for oneDNN) packed layout
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert torch.equal(clone(X), Y)
+    assert set(layer.state_dict()) == {"weight_int8", "weight_scale", "bias"}
+
+
+def test_cache_returns_none_where_nothing_is_packed(monkeypatch):
+    monkeypatch.setattr(_capability, "cpu_int8_backend", lambda: _capability.REFERENCE)
+    assert PackedWeightCache().get(_codes(4, 8)) is None
