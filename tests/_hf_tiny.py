@@ -22,7 +22,7 @@ def tiny_model(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, *
 
     torch.manual_seed(seed)
     if family == "llama":
-        cfg = LlamaConfig(
+        kwargs = dict(
             vocab_size=VOCAB,
             hidden_size=64,
             intermediate_size=96,
@@ -30,8 +30,8 @@ def tiny_model(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, *
             num_attention_heads=4,
             num_key_value_heads=2,
             tie_word_embeddings=False,
-            **overrides,
         )
+        cfg = LlamaConfig(**{**kwargs, **overrides})
         model = LlamaForCausalLM(cfg)
     elif family == "gpt2":
         cfg = GPT2Config(

@@ -93,6 +93,16 @@ class LLMInt8Config(QuantizationConfigMixin):
         }
 
 
+def _mark_initialized(model, layers) -> None:
+    """Keep transformers' init of missing weights off int8 layers and their parents: some models' init
+    writes into a child's float ``weight`` from the parent (GPT-2 rescales ``c_proj.weight``), which
+    an ``Int8Linear`` does not have; its codes come from the checkpoint, never from an init."""
+    for layer in layers:
+        parent = layer.rpartition(".")[0]
+        for name in (layer, parent):
+            (model.get_submodule(name) if name else model)._is_hf_initialized = True
+
+
 class _QuantizeOnLoad(ConversionOps):
     """Turns the float ``<layer>.weight`` that transformers just materialised into an ``Int8Linear``."""
 
@@ -123,6 +133,7 @@ class _QuantizeOnLoad(ConversionOps):
                 new.bias = bias  # already loaded (keys arrive sorted, bias first) or filled in later
             new.train(old.training)
             _set_submodule(model, layer, new)
+            _mark_initialized(model, [layer])
             if missing_keys is not None:
                 missing_keys.discard(key)
             out[f"{layer}.weight_int8"] = W_i8
@@ -158,6 +169,7 @@ class LLMInt8HfQuantizer(HfQuantizer):
         if self.pre_quantized:
             dtype = kwargs.get("dtype")
             swap_linears_on_meta(model, to_int8, cfg.threshold, bias_dtype=dtype if dtype else None)
+            _mark_initialized(model, to_int8)
         else:
             self._targets = set(to_int8)
         return model
