@@ -1,0 +1,72 @@
+"""device_map / max_memory: CPU + disk offload keeps layers int8; GPUs when present."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _hf_tiny import input_ids, logits, tiny_model
+
+import llm_int8
+from llm_int8 import Int8Linear
+
+_CPU_DISK_MAP = {
+    "model.embed_tokens": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "disk",
+    "model.norm": "cpu",
+    "model.rotary_emb": "cpu",
+    "lm_head": "cpu",
+}
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "fp")
+    return tmp_path / "fp"
+
+
+def test_disk_offloaded_layers_stay_int8(llama_dir, tmp_path):
+    reference = llm_int8.from_pretrained(llama_dir, progress=False)
+    offloaded = llm_int8.from_pretrained(
+        llama_dir, device_map=_CPU_DISK_MAP, offload_folder=tmp_path / "offload", progress=False
+    )
+    layer = offloaded.model.layers[1].self_attn.q_proj
+    assert isinstance(layer, Int8Linear)
+    assert layer.weight_int8.is_meta  # not in memory: on disk
+    index = json.loads((tmp_path / "offload" / "index.json").read_text())
+    assert index["model.layers.1.self_attn.q_proj.weight_int8"]["dtype"] == "int8"
+    assert index["model.layers.1.self_attn.q_proj.weight_scale"]["dtype"] == "float32"
+    assert not any(k.startswith("model.layers.0.") for k in index)
+    torch.testing.assert_close(logits(offloaded), logits(reference), rtol=0, atol=0)
+
+
+def test_max_memory_plans_on_int8_sizes(llama_dir, tmp_path):
+    reference = llm_int8.from_pretrained(llama_dir, progress=False)
+    layer_bytes = sum(t.numel() * t.element_size() for t in reference.model.layers[0].state_dict().values())
+    embed_bytes = reference.model.embed_tokens.weight.numel() * 4
+    # room on the CPU for the embedding and about one decoder layer: the rest must go to disk
+    budget = embed_bytes + int(1.5 * layer_bytes)
+    model = llm_int8.from_pretrained(
+        llama_dir,
+        device_map="sequential",
+        max_memory={"cpu": budget},
+        offload_folder=tmp_path / "offload",
+        progress=False,
+    )
+    assert "disk" in set(model.hf_device_map.values())
+    assert all(isinstance(model.get_submodule(n), Int8Linear) for n in ("model.layers.1.mlp.up_proj",))
+    torch.testing.assert_close(logits(model), logits(reference), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_gpu_and_cpu_placement(llama_dir):
+    reference = llm_int8.from_pretrained(llama_dir, progress=False)
+    device_map = {**_CPU_DISK_MAP, "model.layers.1": "cpu", "model.layers.0": 0, "model.embed_tokens": 0}
+    model = llm_int8.from_pretrained(llama_dir, device_map=device_map, progress=False)
+    assert model.model.layers[0].mlp.up_proj.weight_int8.device.type == "cuda"
+    assert isinstance(model.model.layers[1].mlp.up_proj, Int8Linear)
+    ids = input_ids().to("cuda:0")
+    torch.testing.assert_close(logits(model, ids).cpu(), logits(reference), rtol=0.05, atol=0.05)
