@@ -33,8 +33,8 @@ def greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 def _cmd_demo(args) -> int:
     from tqdm.auto import tqdm
 
-    from .evaluation import perplexity, read_text, tokenize_text
-    from .integrations import linear_memory, load_model, quantize_model
+    from ..evaluation import perplexity, read_text, tokenize_text
+    from ..integrations import linear_memory, load_model, quantize_model
 
     text = read_text(args.text) if args.text else None  # fail on a bad path before the slow load
     t0 = time.perf_counter()

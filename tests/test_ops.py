@@ -1,0 +1,181 @@
+"""The public ops against their references: int8_mm exact, int8_linear vs float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_int8.ops import int8_linear, int8_mm
+from llm_int8.primitives import int8_linear_reference, int8_matmul_reference, rowwise_quantize
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# int8_linear vs int8_linear_reference: the same quantization, float32 vs float64 denormalization,
+# then rounding to the output dtype; so the tolerance is the output dtype's resolution.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
+
+
+def _ids(value):
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return None
+
+
+def _layer(K, N, bias=True):
+    W = torch.randn(N, K) / K**0.5
+    W_i8, s_w = rowwise_quantize(W)
+    b = torch.randn(N) if bias else None
+    return W, W_i8, s_w, b
+
+
+def _planted(M, K, dims=(3, 11), magnitude=15.0):
+    """Activations ~N(0,1) with a few emergent-outlier feature dims, as in the paper."""
+    X = torch.randn(M, K)
+    for d in dims:
+        if d < K:
+            X[:, d] = magnitude * torch.sign(torch.randn(M)) * (1 + torch.rand(M))
+    return X
+
+
+def _rel_err(Y, exact):
+    return ((Y.double() - exact).norm() / exact.norm()).item()
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 64, 32), (17, 37, 23), (128, 576, 192), (0, 16, 8), (3, 1, 1)])
+def test_int8_mm_equals_exact_integer_reference(M, K, N):
+    A = torch.randint(-127, 128, (M, K), dtype=torch.int8)
+    B = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    C = int8_mm(A, B)
+    assert C.dtype == torch.int32 and C.shape == (M, N)
+    assert torch.equal(C, int8_matmul_reference(A, B))
+
+
+def test_int8_mm_full_range_operands_do_not_saturate():
+    # all-extreme codes: every pair product is +-127*127; any int16 intermediate would saturate
+    A = torch.full((8, 1024), 127, dtype=torch.int8)
+    A[1::2] = -127
+    B = torch.full((16, 1024), 127, dtype=torch.int8)
+    B[::3] = -127
+    assert torch.equal(int8_mm(A, B), int8_matmul_reference(A, B))
+
+
+def test_int8_mm_rejects_bad_operands():
+    with pytest.raises(TypeError):
+        int8_mm(torch.zeros(2, 4), torch.zeros(3, 4, dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"\(M, K\)"):
+        int8_mm(torch.zeros(2, 4, dtype=torch.int8), torch.zeros(3, 5, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
+@pytest.mark.parametrize("M,K,N", [(1, 64, 48), (19, 77, 45), (256, 576, 1536)])
+def test_int8_linear_matches_reference(dtype, threshold, M, K, N):
+    _, W_i8, s_w, b = _layer(K, N)
+    X = _planted(M, K).to(dtype)
+    Y = int8_linear(X, W_i8, s_w, b.to(dtype), threshold)
+    ref = int8_linear_reference(X.double(), W_i8, s_w, b.to(dtype), threshold)
+    assert Y.dtype == dtype and Y.shape == (M, N)
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(Y.double(), ref, rtol=0, atol=TOLERANCE[dtype] * scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+def test_decomposition_beats_vectorwise_on_planted_outliers(dtype):
+    K, N, M = 512, 384, 64
+    W, W_i8, s_w, b = _layer(K, N)
+    X = _planted(M, K, dims=(3, 100, 257)).to(dtype)
+    exact = X.double() @ W.double().T + b.double()
+    err_llm = _rel_err(int8_linear(X, W_i8, s_w, b, 6.0), exact)
+    err_vec = _rel_err(int8_linear(X, W_i8, s_w, b, 0.0), exact)
+    assert err_llm < 0.02
+    assert err_llm < err_vec / 3
+
+
+def test_no_outliers_means_decomposition_changes_nothing():
+    _, W_i8, s_w, b = _layer(64, 32)
+    X = torch.randn(10, 64).clamp(-5, 5)
+    assert torch.equal(int8_linear(X, W_i8, s_w, b, 6.0), int8_linear(X, W_i8, s_w, b, 0.0))
+
+
+def test_leading_dimensions_and_empty_batch():
+    _, W_i8, s_w, b = _layer(40, 24)
+    X = _planted(2 * 3 * 5, 40)
+    Y3 = int8_linear(X.view(2, 3, 5, 40), W_i8, s_w, b)
+    assert Y3.shape == (2, 3, 5, 24)
+    # per-token quantization: the result for a token doesn't depend on the batch layout
+    torch.testing.assert_close(Y3.reshape(-1, 24), int8_linear(X, W_i8, s_w, b), rtol=0, atol=0)
+    empty = int8_linear(torch.randn(0, 7, 40), W_i8, s_w, b)
+    assert empty.shape == (0, 7, 24)
+
+
+def test_all_zero_rows_give_the_bias_and_no_nan():
+    _, W_i8, s_w, b = _layer(32, 16)
+    X = torch.randn(4, 32)
+    X[2] = 0
+    Y = int8_linear(X, W_i8, s_w, b)
+    assert torch.isfinite(Y).all()
+    torch.testing.assert_close(Y[2], b)
+    Y0 = int8_linear(torch.zeros(3, 32), W_i8, s_w, None)
+    assert torch.equal(Y0, torch.zeros(3, 16))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
+def test_nan_and_inf_propagate_like_nn_linear(threshold):
+    K, N = 32, 12
+    W, W_i8, s_w, b = _layer(K, N)
+    linear = torch.nn.Linear(K, N)
+    with torch.no_grad():
+        linear.weight.copy_(W_i8.float() * s_w[:, None])
+        linear.bias.copy_(b)
+    X = torch.randn(6, K)
+    X[1, 4] = float("nan")
+    X[3, 9] = float("inf")
+    X[4, 9] = -float("inf")
+    Y = int8_linear(X, W_i8, s_w, b, threshold)
+    expected = linear(X)
+    assert torch.equal(torch.isnan(Y), torch.isnan(expected))
+    assert torch.equal(torch.isinf(Y), torch.isinf(expected))
+    # rows without non-finite inputs stay finite and accurate (their int8 scales are not poisoned)
+    clean = [0, 2, 5]
+    assert _rel_err(Y[clean], expected[clean].double()) < 0.02
+
+
+def test_bad_inputs_name_what_was_wrong():
+    _, W_i8, s_w, b = _layer(32, 16)
+    with pytest.raises(ValueError, match="in_features=32"):
+        int8_linear(torch.randn(4, 31), W_i8, s_w, b)
+    with pytest.raises(ValueError, match="threshold"):
+        int8_linear(torch.randn(4, 32), W_i8, s_w, b, threshold=-1.0)
+    with pytest.raises(TypeError, match="float"):
+        int8_linear(torch.ones(4, 32, dtype=torch.int64), W_i8, s_w, b)
+    with pytest.raises(TypeError, match="int8"):
+        int8_linear(torch.randn(4, 32), W_i8.float(), s_w, b)
+    with pytest.raises(ValueError, match="weight_scale"):
+        int8_linear(torch.randn(4, 32), W_i8, s_w[:-1], b)
+    with pytest.raises(ValueError, match="bias"):
+        int8_linear(torch.randn(4, 32), W_i8, s_w, b[:-1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
+def test_gradient_flows_to_the_input(dtype):
+    K, N = 48, 20
+    W, W_i8, s_w, b = _layer(K, N)
+    X = _planted(9, K).to(dtype).requires_grad_()
+    Y = int8_linear(X, W_i8, s_w, b.to(dtype))
+    G = torch.randn_like(Y)
+    (Y * G).sum().backward()
+    assert X.grad.dtype == dtype
+    # dX = dY · W with the dequantized weight ...
+    W_deq = W_i8.double() * s_w.double()[:, None]
+    exact = G.double() @ W_deq
+    torch.testing.assert_close(X.grad.double(), exact, rtol=0, atol=TOLERANCE[dtype] * exact.abs().max().item() * 2)
+    # ... which is within int8 rounding of the float layer's input gradient
+    float_grad = G.double() @ W.double()
+    assert _rel_err(X.grad, float_grad) < 0.02
+
+
+def test_trainable_bias_receives_its_gradient():
+    _, W_i8, s_w, b = _layer(16, 8)
+    bias = b.clone().requires_grad_()
+    X = torch.randn(5, 16)
+    int8_linear(X, W_i8, s_w, bias).sum().backward()
+    torch.testing.assert_close(bias.grad, torch.full((8,), 5.0))
