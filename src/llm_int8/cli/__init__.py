@@ -12,7 +12,7 @@ import sys
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = ("demo", "generate")
+_COMMANDS = ("demo", "generate", "quantize")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""``llm-int8 generate``: greedy generation with an int8 model."""
+"""``llm-int8 generate``: greedy generation with an int8 model (a float checkpoint is converted while it
+loads; a saved int8 folder loads as is)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ __all__ = ["register"]
 
 
 def _cmd_generate(args) -> int:
-    from .integrations import load_model, quantize_model
+    from transformers import AutoTokenizer
 
-    model, tokenizer = load_model(args.model, dtype=torch.float32)
-    if not args.no_int8:
-        quantize_model(model, threshold=args.threshold, progress=True)
+    from ..integrations import from_pretrained, load_model, resolve_model_source
+
+    if args.no_int8:
+        model, tokenizer = load_model(args.model, dtype=torch.float32)
+    else:
+        name, extra = resolve_model_source(args.model)
+        model = from_pretrained(args.model, threshold=args.threshold)
+        tokenizer = AutoTokenizer.from_pretrained(name, **extra)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
     print(greedy(model, tokenizer, args.prompt, args.max_new_tokens))
     return 0
 
@@ -23,10 +31,11 @@ def _cmd_generate(args) -> int:
 def register(sub) -> None:
     gen = sub.add_parser("generate", help="greedy generation with an int8 model")
     gen.add_argument(
-        "--model", help="local HF directory, .gguf file or hub id (default: bundled SmolLM2-135M-Instruct)"
+        "--model",
+        help="local HF directory (float or saved int8), .gguf file or hub id (default: bundled SmolLM2-135M-Instruct)",
     )
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--threshold", type=threshold, default=6.0)
+    gen.add_argument("--threshold", type=threshold, default=None, help="default: the checkpoint's, else 6.0")
     gen.add_argument("--max-new-tokens", type=positive_int, default=64)
     gen.add_argument("--no-int8", action="store_true", help="run the float model, for comparison")
     gen.set_defaults(func=_cmd_generate)

@@ -1,0 +1,64 @@
+"""``llm-int8 quantize``: convert a checkpoint to an int8 checkpoint on disk (streaming, atomic)."""
+
+from __future__ import annotations
+
+from ._args import threshold
+
+__all__ = ["register"]
+
+
+def _tokenizer_or_none(source: str):
+    """The source's tokenizer, saved next to the int8 weights so the folder is self-contained."""
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from ..integrations import resolve_model_source
+
+    name, extra = resolve_model_source(source)
+    try:
+        return AutoTokenizer.from_pretrained(name, **extra)
+    except (OSError, ValueError, TypeError) as err:
+        logging.getLogger(__name__).warning("no tokenizer saved: %s has none that loads (%s)", source, err)
+        return None
+
+
+def _cmd_quantize(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from ..integrations import from_pretrained, linear_memory, save_bitsandbytes, save_pretrained
+
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not args.overwrite:
+        # checked before the (long) load; the save checks again and writes atomically
+        print(f"llm-int8 quantize: error: {out_dir} exists and is not empty (use --overwrite)", file=sys.stderr)
+        return 2
+    model = from_pretrained(args.src, threshold=args.threshold, skip_modules=args.skip or None, dtype=args.dtype)
+    tokenizer = _tokenizer_or_none(args.src)
+    save = save_bitsandbytes if args.format == "bitsandbytes" else save_pretrained
+    out = save(model, args.out_dir, tokenizer=tokenizer, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    mem = linear_memory(model)
+    qconfig = model.config.quantization_config
+    on_disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
+    print(
+        f"wrote {out} ({args.format} format, {on_disk / 2**20:.1f} MiB of weights): "
+        f"linear layers {mem['int8'] / 2**20:.1f} MiB int8 (scales included) + {mem['float'] / 2**20:.1f} MiB "
+        f"float in {len(qconfig.modules_to_not_convert or [])} layers kept in float; threshold {qconfig.threshold}"
+    )
+    return 0
+
+
+def register(sub) -> None:
+    q = sub.add_parser("quantize", help="write an int8 checkpoint of a model (streaming conversion)")
+    q.add_argument("src", help="local HF directory, .gguf file, or hub id")
+    q.add_argument("out_dir", help="folder to create (written atomically)")
+    q.add_argument("--threshold", type=threshold, default=None, help="outlier threshold α (default 6.0)")
+    q.add_argument(
+        "--skip", nargs="+", metavar="NAME", help="extra layers kept in float, added to lm_head / tied embeddings"
+    )
+    q.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="dtype of the float parts")
+    q.add_argument("--format", choices=("llm_int8", "bitsandbytes"), default="llm_int8")
+    q.add_argument("--max-shard-size", default="2GB")
+    q.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    q.set_defaults(func=_cmd_quantize)
