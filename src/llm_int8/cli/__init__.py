@@ -12,7 +12,7 @@ import sys
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = ("demo", "generate", "quantize")
+_COMMANDS = ("demo", "generate", "evaluate", "quantize", "outliers")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,23 @@
-"""Evaluating quantized models: perplexity (and, later, zero-shot tasks and the method comparison)."""
+"""Evaluating quantized models: perplexity, HellaSwag, and the paper's Table 1 method comparison."""
 
+from .compare import compare_methods
+from .hellaswag import HellaSwagResult, HellaSwagTask, read_hellaswag, score_hellaswag
+from .methods import METHODS, EmulatedInt8Linear, MethodSpec, apply_method, parse_methods
 from .perplexity import PerplexityResult, perplexity, read_text, tokenize_text
 
-__all__ = ["PerplexityResult", "perplexity", "read_text", "tokenize_text"]
+__all__ = [
+    "METHODS",
+    "EmulatedInt8Linear",
+    "HellaSwagResult",
+    "HellaSwagTask",
+    "MethodSpec",
+    "PerplexityResult",
+    "apply_method",
+    "compare_methods",
+    "parse_methods",
+    "perplexity",
+    "read_hellaswag",
+    "read_text",
+    "score_hellaswag",
+    "tokenize_text",
+]

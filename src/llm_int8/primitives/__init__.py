@@ -17,3 +17,7 @@ __all__ = [
     "rowwise_quantize",
     "zeropoint_quantize",
 ]
+
+from .emulation import QuantizedOperand, emulated_int8_matmul, exact_quantized_product, quantize_operand  # noqa: E402
+
+__all__ += ["QuantizedOperand", "emulated_int8_matmul", "exact_quantized_product", "quantize_operand"]

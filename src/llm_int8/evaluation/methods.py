@@ -1,0 +1,240 @@
+"""The quantization methods of Table 1 of the LLM.int8() paper, applied to any model.
+
+Each method is a module swap of every linear layer except ``lm_head`` (and any weight tied to
+another module), like ``quantize_model``:
+
+========================  ===========  ===============  ============  ====================================
+method                    ``X`` scale  ``W`` scale      decomposition  how it runs
+========================  ===========  ===============  ============  ====================================
+``fp32``                  --           --               --            the model as loaded (its float dtype)
+``absmax``                tensor       tensor           no            emulated, exact
+``zeropoint``             tensor       tensor           no            emulated, exact
+``rowwise``               per token    tensor           no            emulated, exact
+``vectorwise``            per token    per out feature  no            library: ``quantize_model(threshold=0)``
+``vectorwise-zeropoint``  per token    per out feature  no            emulated, exact (zeropoint)
+``rowwise+decomp``        per token    tensor           yes, α = 6    emulated, exact; outliers vs float W
+``llm.int8``              per token    per out feature  yes, α = 6    library: ``quantize_model(threshold=6)``
+``zeropoint-llm.int8``    per token    per out feature  yes, α = 6    emulated, exact (zeropoint); float W
+========================  ===========  ===============  ============  ====================================
+
+"Emulated, exact" means ``EmulatedInt8Linear``: int8 codes held as float64 integers, so the integer
+GEMM is reproduced bit for bit (see ``llm_int8.primitives.emulation``). "Tensor" scales are taken
+per sequence (per leading batch element of the layer input), so a method's result on a sequence
+does not depend on what else is in the batch. The library methods run the real ``Int8Linear``,
+whose outlier part multiplies the outlier columns of ``X`` by the *dequantized* int8 weight columns
+(it stores no float weight); the emulated decomposition methods use the float weight columns, the
+paper's ``X_f16^h W_f16^h``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, Int8Config
+from ..integrations import quantize_model
+from ..primitives import QuantizedOperand, emulated_int8_matmul, quantize_operand
+
+__all__ = ["METHODS", "EmulatedInt8Linear", "MethodSpec", "apply_method", "parse_methods"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of Table 1.
+
+    ``library``: run the real ``Int8Linear`` (then only ``threshold`` matters). Otherwise emulate with
+    ``x_per_row`` / ``w_per_row`` scales, ``zeropoint`` (asymmetric) codes, and decomposition at
+    ``threshold`` (0 = off) whose outlier columns meet the float weight (``outlier_weight="float"``)
+    or the dequantized int8 weight (``"int8"``).
+    """
+
+    name: str
+    description: str
+    library: bool = False
+    x_per_row: bool = False
+    w_per_row: bool = False
+    zeropoint: bool = False
+    threshold: float = 0.0
+    outlier_weight: str = "float"
+
+    def __post_init__(self) -> None:
+        if self.outlier_weight not in ("float", "int8"):
+            raise ValueError(f"outlier_weight must be 'float' or 'int8', got {self.outlier_weight!r}")
+        if not self.threshold >= 0:
+            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+
+    @property
+    def is_float(self) -> bool:
+        return self.name == "fp32"
+
+
+_A = DEFAULT_THRESHOLD
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in (
+        MethodSpec("fp32", "32-bit float (the model's own dtype)"),
+        MethodSpec("absmax", "int8 absmax"),
+        MethodSpec("zeropoint", "int8 zeropoint", zeropoint=True),
+        MethodSpec("rowwise", "int8 absmax row-wise", x_per_row=True),
+        MethodSpec("vectorwise", "int8 absmax vector-wise", library=True, x_per_row=True, w_per_row=True),
+        MethodSpec(
+            "vectorwise-zeropoint", "int8 zeropoint vector-wise", x_per_row=True, w_per_row=True, zeropoint=True
+        ),
+        MethodSpec("rowwise+decomp", "int8 absmax row-wise + decomposition", x_per_row=True, threshold=_A),
+        MethodSpec(
+            "llm.int8",
+            "absmax LLM.int8() (vector-wise + decomposition)",
+            library=True,
+            x_per_row=True,
+            w_per_row=True,
+            threshold=_A,
+            outlier_weight="int8",
+        ),
+        MethodSpec(
+            "zeropoint-llm.int8",
+            "zeropoint LLM.int8()",
+            x_per_row=True,
+            w_per_row=True,
+            zeropoint=True,
+            threshold=_A,
+        ),
+    )
+}
+"""Methods by name, in the order of the paper's Table 1."""
+
+
+def parse_methods(text: str | list[str]) -> list[MethodSpec]:
+    """``"fp32,absmax,llm.int8"`` (or a list of names) -> specs; an unknown name lists the valid ones."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if not names:
+        raise ValueError(f"no method given; valid methods: {', '.join(METHODS)}")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; valid methods: {', '.join(METHODS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"method listed twice in {names}")
+    return [METHODS[n] for n in names]
+
+
+class EmulatedInt8Linear(nn.Module):
+    """A linear layer computing one Table 1 variant of ``Y = X W^T + b`` with exact integer emulation.
+
+    Keeps the float weight (for the decomposition's outlier columns) and its int8 quantization,
+    made once at construction: ``W_q``, ``s_w``, ``zp_w`` (per output row or one for the tensor).
+    The activation ``X`` is quantized on the fly, per token or per sequence; the product is
+    ``llm_int8.primitives.emulated_int8_matmul`` in float64, cast to ``X``'s dtype.
+    For measurement only: it is slower and larger than ``nn.Linear``.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, spec: MethodSpec) -> None:
+        super().__init__()
+        if spec.library or spec.is_float:
+            raise ValueError(f"method {spec.name!r} is not emulated")
+        self.spec = spec
+        self.in_features = weight.shape[1]
+        self.out_features = weight.shape[0]
+        W = weight.detach().float()  # (out, in)
+        Wq = quantize_operand(W, per_row=spec.w_per_row, zeropoint=spec.zeropoint)
+        self.register_buffer("weight", W)
+        self.register_buffer("weight_q", Wq.codes)
+        self.register_buffer("weight_scale", Wq.scale)
+        self.register_buffer("weight_zero_point", Wq.zero_point)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        # (W_q - zp_w) as float64 integers, converted once rather than on every forward (not saved)
+        self.register_buffer("weight_centred", Wq.centred(), persistent=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, spec: MethodSpec) -> EmulatedInt8Linear:
+        """From an ``nn.Linear`` or a GPT-2 ``Conv1D`` (whose weight is stored (in, out))."""
+        if isinstance(linear, nn.Linear):
+            return cls(linear.weight, linear.bias, spec)
+        if _is_conv1d(linear):
+            return cls(linear.weight.T, linear.bias, spec)
+        raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(linear).__name__}")
+
+    def _quantized_weight(self) -> QuantizedOperand:
+        return QuantizedOperand(self.weight_q, self.weight_scale, self.weight_zero_point)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
+        spec = self.spec
+        W_outlier = self.weight if spec.outlier_weight == "float" else None
+        # Tensor-wise X scales are taken per sequence: (batch, seq, K) -> batch of (seq, K) tensors.
+        X = x.reshape(-1, x.shape[-2], self.in_features) if (x.dim() >= 3 and not spec.x_per_row) else None
+        if X is None:
+            X2 = x.reshape(-1, self.in_features)  # (tokens, in_features)
+            C = emulated_int8_matmul(
+                X2,
+                self._quantized_weight(),
+                x_per_row=spec.x_per_row,
+                zeropoint=spec.zeropoint,
+                threshold=spec.threshold,
+                W_outlier=W_outlier,
+                W_centred=self.weight_centred,
+            )  # (tokens, out) float64
+        else:
+            C = torch.stack(
+                [
+                    emulated_int8_matmul(
+                        X_b,
+                        self._quantized_weight(),
+                        x_per_row=False,
+                        zeropoint=spec.zeropoint,
+                        threshold=spec.threshold,
+                        W_outlier=W_outlier,
+                        W_centred=self.weight_centred,
+                    )
+                    for X_b in X  # (seq, in_features) each
+                ]
+            )  # (batch, seq, out) float64
+        if self.bias is not None:
+            C = C + self.bias.double()
+        return C.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (..., out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, method={self.spec.name}"
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
+def _swap_linears(model: nn.Module, spec: MethodSpec, skip_modules: tuple[str, ...]) -> list[str]:
+    """Replace every linear (not skipped, weight not shared) with ``EmulatedInt8Linear``; returns names."""
+    config = Int8Config(threshold=spec.threshold, skip_modules=skip_modules)
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    targets = [
+        (name, m)
+        for name, m in model.named_modules()
+        if (isinstance(m, nn.Linear) or _is_conv1d(m)) and not config.skips(name) and owners.get(id(m.weight), 0) < 2
+    ]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, EmulatedInt8Linear.from_linear(module, spec))
+    return [n for n, _ in targets]
+
+
+def apply_method(
+    model: nn.Module, method: str | MethodSpec, skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES
+) -> nn.Module:
+    """A copy of ``model`` with its linear layers replaced as ``method`` says; ``model`` is untouched.
+
+    ``fp32`` returns ``model`` itself (no copy). Library methods call ``quantize_model``.
+    """
+    spec = parse_methods([method])[0] if isinstance(method, str) else method
+    if spec.is_float:
+        return model
+    converted = copy.deepcopy(model)
+    if spec.library:
+        return quantize_model(converted, threshold=spec.threshold, skip_modules=skip_modules)
+    if not _swap_linears(converted, spec, tuple(skip_modules)):
+        raise ValueError(f"method {spec.name!r}: the model has no linear layer to quantize")
+    return converted

@@ -1,0 +1,109 @@
+"""Writing results: JSON, a Markdown table, a bar chart. Every file appears whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write", "markdown_table", "plot_comparison", "write_json"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def markdown_table(rows: list[dict], baseline: str = "fp32") -> str:
+    """Perplexity and HellaSwag per method, with the change against ``baseline`` where it was run."""
+    base = next((r for r in rows if r["method"] == baseline), None)
+    has_ppl = any("perplexity" in r for r in rows)
+    has_hs = any("hellaswag_acc" in r for r in rows)
+    head = ["method", "description"]
+    if has_ppl:
+        head += ["perplexity", f"Δ vs {baseline}"]
+    if has_hs:
+        head += ["HellaSwag acc", "acc_norm", "Δ acc_norm (points)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [f"`{r['method']}`", r.get("description", "")]
+        if has_ppl:
+            ppl = r.get("perplexity")
+            cells.append(_fmt(ppl, ".3f"))
+            if base is not None and ppl is not None and base.get("perplexity"):
+                cells.append(f"{(ppl / base['perplexity'] - 1) * 100:+.2f}%")
+            else:
+                cells.append("—")
+        if has_hs:
+            acc, accn = r.get("hellaswag_acc"), r.get("hellaswag_acc_norm")
+            cells += [_fmt(acc and acc * 100, ".2f"), _fmt(accn and accn * 100, ".2f")]
+            if base is not None and accn is not None and base.get("hellaswag_acc_norm") is not None:
+                cells.append(f"{(accn - base['hellaswag_acc_norm']) * 100:+.2f}")
+            else:
+                cells.append("—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Bar charts: perplexity (log scale) and HellaSwag acc_norm per method, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    candidates = (("perplexity", "perplexity (log scale)"), ("hellaswag_acc_norm", "HellaSwag acc_norm (%)"))
+    panels = [(key, label) for key, label in candidates if any(key in r for r in rows)]
+    if not panels:
+        raise ValueError("no perplexity or HellaSwag result to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        sub = [r for r in rows if r.get(key) is not None]
+        names = [r["method"] for r in sub]
+        values = [r[key] * (100 if key.startswith("hellaswag") else 1) for r in sub]
+        colors = ["tab:gray" if n == "fp32" else "tab:green" if "llm.int8" in n else "tab:blue" for n in names]
+        bars = ax.bar(range(len(sub)), values, color=colors)
+        ax.set_xticks(range(len(sub)), names, rotation=35, ha="right")
+        ax.set_ylabel(label)
+        if key == "perplexity":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(min(values) - 2, max(values) + 2)
+        for b, v in zip(bars, values, strict=True):
+            ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path

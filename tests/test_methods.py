@@ -1,0 +1,203 @@
+"""The Table 1 methods: exact integer emulation against float64 references of the paper's formulas."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from llm_int8 import Int8Linear
+from llm_int8.evaluation import METHODS, EmulatedInt8Linear, MethodSpec, apply_method, parse_methods
+from llm_int8.primitives import (
+    emulated_int8_matmul,
+    exact_quantized_product,
+    int8_linear_reference,
+    quantize_operand,
+)
+
+EMULATED = [name for name, spec in METHODS.items() if not spec.library and not spec.is_float]
+
+
+# --- float64 references, written from the paper's Section 2 equations -------------------------
+
+
+def _absmax_ref(A: torch.Tensor, per_row: bool):
+    """``s = 127 / max|A|``, ``A_i8 = round(s A)``; returns (codes, step = 1/s) in float64."""
+    m = A.abs().amax(dim=-1, keepdim=True) if per_row else A.abs().amax()
+    s = 127 / m
+    return torch.round(s * A).clamp(-127, 127), 1 / s
+
+
+def _zeropoint_ref(A: torch.Tensor, per_row: bool):
+    """``nd = 254 / (max - min)``, ``zp = -round(nd min) - 127``, ``A_q = round(nd A + zp)``."""
+    hi = A.amax(dim=-1, keepdim=True) if per_row else A.amax()
+    lo = A.amin(dim=-1, keepdim=True) if per_row else A.amin()
+    nd = 254 / (hi - lo)
+    zp = -torch.round(nd * lo) - 127
+    return torch.round(nd * A + zp).clamp(-127, 127), zp, 1 / nd
+
+
+def reference(X: torch.Tensor, W: torch.Tensor, spec: MethodSpec) -> torch.Tensor:
+    """``C = Σ_{h∈O} X^h W^h + Σ_{h∉O} dequant(X_q^h) dequant(W_q^h)`` in float64 (the products of
+    dequantized operands equal ``(s_x ⊗ s_w) (X_q - zp_x)(W_q - zp_w)^T`` exactly up to float64 rounding)."""
+    X, W = X.double(), W.double()
+    O = (X.abs() >= spec.threshold).any(0) if spec.threshold > 0 else torch.zeros(X.shape[1], dtype=torch.bool)
+    Xr = X.masked_fill(O, 0)
+    if spec.zeropoint:
+        Xq, zx, sx = _zeropoint_ref(Xr, spec.x_per_row)
+        Wq, zw, sw = _zeropoint_ref(W, spec.w_per_row)
+        Xd, Wd = (Xq - zx) * sx, (Wq - zw) * sw
+    else:
+        Xq, sx = _absmax_ref(Xr, spec.x_per_row)
+        Wq, sw = _absmax_ref(W, spec.w_per_row)
+        Xd, Wd = Xq * sx, Wq * sw
+    C = Xd @ Wd.T
+    W_O = W if spec.outlier_weight == "float" else Wd
+    return C + X[:, O] @ W_O[:, O].T
+
+
+def _operands(M=37, K=70, N=29, outlier_col=5, scale=20.0):
+    X = torch.randn(M, K)
+    X[:, outlier_col] *= scale  # one outlier feature dim, as in real hidden states
+    W = torch.randn(N, K) * 0.05
+    return X, W
+
+
+@pytest.mark.parametrize("name", EMULATED)
+def test_emulated_method_matches_float64_formula(name):
+    spec = METHODS[name]
+    X, W = _operands()
+    lin = nn.Linear(W.shape[1], W.shape[0], bias=False)
+    lin.weight.data = W.clone()
+    out = EmulatedInt8Linear.from_linear(lin, spec)(X)
+    ref = reference(X, W, spec)
+    assert out.dtype == X.dtype
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("name", EMULATED)
+def test_reference_tells_methods_apart(name):
+    """The comparison above can fail: every other method's formula is far from this one's output."""
+    X, W = _operands()
+    lin = nn.Linear(W.shape[1], W.shape[0], bias=False)
+    lin.weight.data = W.clone()
+    out = EmulatedInt8Linear.from_linear(lin, METHODS[name])(X).double()
+    for other in EMULATED:
+        if other != name:
+            ref = reference(X, W, METHODS[other])
+            assert (out - ref).abs().max() > 1e-3 * ref.abs().max(), other
+
+
+def test_integer_product_is_exact_for_large_k():
+    """The float64 integer sum equals an int64 GEMM bit for bit, also at the largest codes."""
+    K = 8192
+    A = torch.randint(-127, 128, (9, K), dtype=torch.int8)
+    B = torch.randint(-127, 128, (7, K), dtype=torch.int8)
+    A[0] = 127
+    B[0] = -127  # a worst-case row: |sum| = K * 127**2
+    one = torch.tensor(1.0)
+    from llm_int8.primitives import QuantizedOperand
+
+    C = exact_quantized_product(QuantizedOperand(A, one, None), QuantizedOperand(B, one, None))
+    expected = A.long() @ B.long().T
+    assert torch.equal(C.long(), expected)
+    assert C[0, 0] == -K * 127**2
+
+
+def test_zeropoint_product_equals_unrolled_form():
+    """(A_q - zp_a)(B_q - zp_b)^T == A_q B_q^T - zp_b Σ A_q - zp_a Σ B_q + K zp_a zp_b (the paper's unrolled form)."""
+    X, W = _operands()
+    Xq = quantize_operand(X, per_row=True, zeropoint=True)
+    Wq = quantize_operand(W, per_row=True, zeropoint=True)
+    K = X.shape[1]
+    a, b = Xq.codes.long(), Wq.codes.long()
+    za, zb = Xq.zero_point.long()[:, None], Wq.zero_point.long()[None, :]
+    unrolled = a @ b.T - a.sum(1, keepdim=True) * zb - za * b.sum(1)[None, :] + K * za * zb
+    centred = Xq.centred() @ Wq.centred().T
+    assert torch.equal(centred.long(), unrolled)
+
+
+def test_decomposition_keeps_outlier_column_exact():
+    """With decomposition, an outlier column costs no precision; without it, it ruins the row scale."""
+    X, W = _operands(scale=60.0)
+    exact = X.double() @ W.double().T
+    err = {}
+    for name in ("rowwise", "rowwise+decomp"):
+        Wq = quantize_operand(W, per_row=METHODS[name].w_per_row, zeropoint=False)
+        spec = METHODS[name]
+        C = emulated_int8_matmul(X, Wq, x_per_row=True, zeropoint=False, threshold=spec.threshold, W_outlier=W)
+        err[name] = ((C - exact).norm() / exact.norm()).item()
+    assert err["rowwise+decomp"] < err["rowwise"] / 3
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
+def test_emulation_with_int8_outlier_weight_matches_library(threshold):
+    """Emulated vector-wise (+ decomposition against the dequantized weight) == Int8Linear, up to float32."""
+    X, W = _operands()
+    lin = nn.Linear(W.shape[1], W.shape[0])
+    lin.weight.data = W.clone()
+    spec = MethodSpec("t", "t", x_per_row=True, w_per_row=True, threshold=threshold, outlier_weight="int8")
+    emulated = EmulatedInt8Linear.from_linear(lin, spec)(X)
+    library = Int8Linear.from_linear(lin, threshold)(X)
+    torch.testing.assert_close(emulated, library, rtol=1e-5, atol=1e-5)
+    W_i8, s_w = quantize_operand(W, per_row=True, zeropoint=False)[:2]
+    torch.testing.assert_close(library, int8_linear_reference(X, W_i8, s_w, lin.bias, threshold), rtol=1e-5, atol=1e-5)
+
+
+def test_tensorwise_scale_is_per_sequence():
+    """A sequence's result does not depend on what else is in the batch."""
+    lin = nn.Linear(16, 8)
+    layer = EmulatedInt8Linear.from_linear(lin, METHODS["absmax"])
+    a, b = torch.randn(1, 5, 16), torch.randn(1, 5, 16) * 100
+    torch.testing.assert_close(layer(torch.cat([a, b]))[:1], layer(a))
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.block = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 8))
+        self.lm_head = nn.Linear(8, 11, bias=False)
+        self.lm_head.weight = self.emb.weight  # tied
+
+    def forward(self, ids):
+        return self.lm_head(self.block(self.emb(ids)))
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_apply_method_swaps_linears_and_leaves_model_untouched(name):
+    model = _Tiny()
+    before = copy.deepcopy(model.state_dict())
+    converted = apply_method(model, name)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert isinstance(model.block[0], nn.Linear)
+    spec = METHODS[name]
+    if spec.is_float:
+        assert converted is model
+        return
+    expected = Int8Linear if spec.library else EmulatedInt8Linear
+    assert isinstance(converted.block[0], expected) and isinstance(converted.block[2], expected)
+    assert isinstance(converted.lm_head, nn.Linear)  # skipped (and tied)
+    if spec.library:
+        assert converted.block[0].threshold == spec.threshold
+    out = converted(torch.tensor([[1, 2, 3]]))
+    assert out.shape == (1, 3, 11) and torch.isfinite(out).all()
+
+
+def test_parse_methods_errors_list_valid_names():
+    assert [s.name for s in parse_methods("fp32, llm.int8")] == ["fp32", "llm.int8"]
+    with pytest.raises(ValueError, match="valid methods: fp32, absmax"):
+        parse_methods("fp32,int4")
+    with pytest.raises(ValueError, match="twice"):
+        parse_methods("absmax,absmax")
+    with pytest.raises(ValueError, match="unknown method"):
+        apply_method(_Tiny(), "fp16")
+
+
+def test_cli_default_methods_are_table_1():
+    from llm_int8.cli.evaluate import _DEFAULT_METHODS
+
+    assert _DEFAULT_METHODS.split(",") == list(METHODS)
