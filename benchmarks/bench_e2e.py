@@ -1,0 +1,245 @@
+"""End-to-end CPU speed and memory of SmolLM2-135M: fp32, bf16, bitsandbytes int8 and llm-int8.
+
+    python benchmarks/bench_e2e.py --out benchmarks/results --threads 1 --clock cpu
+
+Each variant runs in a fresh subprocess (so memory figures do not mix): load the bundled
+SmolLM2-135M-Instruct with ``llm_int8.integrations.load_model``, convert, then
+
+* prefill: one forward pass over ``--prefill`` tokens of WikiText-2 test text (no cache); median of
+  ``--repeats`` after a warm-up; tokens/s = tokens / time;
+* decode: a 32-token prompt, then ``--decode`` greedy steps with the KV cache, one token each;
+  tokens/s = steps / time of the steps (median of ``--repeats``);
+* memory: bytes of all parameters and buffers; resident set (``VmRSS``) after conversion; peak
+  resident set (``VmHWM``, reset via ``/proc/self/clear_refs`` after conversion) during inference.
+
+Variants: ``fp32``, ``bf16`` (``model.to(bfloat16)``), ``bnb`` (every ``nn.Linear`` but ``lm_head``
+swapped by hand for ``bnb.nn.Linear8bitLt(has_fp16_weights=False, threshold=6.0)``: transformers'
+``BitsAndBytesConfig`` path needs a Hub/safetensors checkpoint, and the bundled model is GGUF),
+``llm_int8`` (``llm_int8.quantize_model(model, threshold=6.0)``, ``lm_head`` kept in float, as bnb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, markdown_table, median, write_csv, write_text  # noqa: E402
+
+VARIANTS = ("fp32", "bf16", "bnb", "llm_int8")
+REPO = Path(__file__).resolve().parents[1]
+PROMPT_TOKENS = 32
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _swap_bnb(model) -> None:
+    import bitsandbytes as bnb
+    from torch import nn
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.Linear) and not full.endswith("lm_head"):
+                layer = bnb.nn.Linear8bitLt(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    has_fp16_weights=False,
+                    threshold=6.0,
+                )
+                layer.load_state_dict(child.state_dict())
+                setattr(module, child_name, layer.to("cpu"))  # quantized on this move
+
+
+def run_variant(variant: str, args) -> dict:
+    """Runs in the subprocess: build one variant, time it, return the measurements."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    now = time.thread_time if args.clock == "cpu" else time.perf_counter
+
+    import llm_int8
+    from llm_int8.evaluation import read_text, tokenize_text
+    from llm_int8.integrations import load_model
+
+    model, tokenizer = load_model(None, dtype=torch.float32)
+    if variant == "bf16":
+        model.to(torch.bfloat16)
+    elif variant == "bnb":
+        _swap_bnb(model)
+    elif variant == "llm_int8":
+        llm_int8.quantize_model(model, threshold=6.0)
+    model.eval()
+    state_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    ids = tokenize_text(tokenizer, read_text(args.text), max_tokens=args.prefill + PROMPT_TOKENS)
+    prefill_ids = ids[: args.prefill][None]  # (1, prefill)
+    prompt_ids = ids[args.prefill : args.prefill + PROMPT_TOKENS][None]  # (1, 32)
+    rss_kib = _status_kib("VmRSS")
+    peak_reset = _reset_peak_rss()
+
+    with torch.inference_mode():
+        prefill_times = []
+        for _ in range(args.repeats + 1):
+            start = now()
+            model(prefill_ids, use_cache=False)
+            prefill_times.append(now() - start)
+        decode_times, generated = [], []
+        for _ in range(args.repeats + 1):
+            out = model(prompt_ids, use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+            generated = [token.item()]
+            start = now()
+            for _ in range(args.decode - 1):
+                out = model(token, past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                generated.append(token.item())
+            decode_times.append(now() - start)
+    peak_kib = _status_kib("VmHWM")
+    prefill_s, decode_s = median(prefill_times[1:]), median(decode_times[1:])
+    return {
+        "variant": variant,
+        "prefill_tokens": args.prefill,
+        "prefill_ms": round(prefill_s * 1e3, 2),
+        "prefill_tok_per_s": round(args.prefill / prefill_s, 1),
+        "decode_steps": args.decode - 1,
+        "decode_ms_per_token": round(decode_s / (args.decode - 1) * 1e3, 3),
+        "decode_tok_per_s": round((args.decode - 1) / decode_s, 2),
+        "state_MiB": round(state_bytes / 2**20, 1),
+        "rss_after_load_MiB": round(rss_kib / 1024, 1),
+        "peak_rss_inference_MiB": round(peak_kib / 1024, 1) if peak_reset else "",
+        "generated": generated,
+        "clock": args.clock,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--prefill", type=int, default=512)
+    parser.add_argument(
+        "--decode", type=int, default=33, help="greedy tokens generated (the first comes from the prompt)"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: thread CPU time, needs --threads 1"
+    )
+    parser.add_argument(
+        "--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/test.txt"
+    )
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu measures one thread: use it with --threads 1")
+    if args.child:
+        print(json.dumps(run_variant(args.child, args)))
+        return
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    own = list(argv if argv is not None else sys.argv[1:])
+    results = []
+    for variant in args.variants:
+        print(f"{variant} ...", flush=True)
+        child_args = [*own, "--child", variant]
+        proc = subprocess.run(
+            [sys.executable, __file__, *child_args], capture_output=True, text=True, env={**os.environ}, check=False
+        )
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], flush=True)
+            raise SystemExit(f"variant {variant} failed")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  {result}", flush=True)
+        results.append(result)
+    reference = next((r["generated"] for r in results if r["variant"] == "fp32"), None)
+    for r in results:
+        same = sum(a == b for a, b in zip(r.pop("generated"), reference or [], strict=False))
+        r["greedy_tokens_equal_fp32"] = f"{same}/{args.decode}" if reference else ""
+    base = next((r for r in results if r["variant"] == "fp32"), None)
+    write_csv(args.out / "e2e.csv", results)
+    header = [
+        "variant",
+        "prefill tok/s",
+        "vs fp32",
+        "decode tok/s",
+        "vs fp32",
+        "weights+buffers MiB",
+        "RSS after load MiB",
+        "peak RSS in inference MiB",
+        "greedy tokens = fp32",
+    ]
+    table = [
+        [
+            r["variant"],
+            f"{r['prefill_tok_per_s']:.0f}",
+            f"{r['prefill_tok_per_s'] / base['prefill_tok_per_s']:.2f}x" if base else "-",
+            f"{r['decode_tok_per_s']:.1f}",
+            f"{r['decode_tok_per_s'] / base['decode_tok_per_s']:.2f}x" if base else "-",
+            f"{r['state_MiB']:.0f}",
+            f"{r['rss_after_load_MiB']:.0f}",
+            f"{r['peak_rss_inference_MiB']:.0f}" if r["peak_rss_inference_MiB"] != "" else "n/a",
+            r["greedy_tokens_equal_fp32"],
+        ]
+        for r in results
+    ]
+    machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    command = "python benchmarks/bench_e2e.py " + " ".join(own)
+    write_text(
+        args.out / "e2e.md",
+        f"# End to end: SmolLM2-135M on CPU\n\nCommand: `{command.strip()}`\n\n{machine}\n\n"
+        f"Prefill: {args.prefill} tokens in one forward; decode: {args.decode - 1} greedy steps with KV cache "
+        f"after a {PROMPT_TOKENS}-token prompt; medians of {args.repeats}; clock: {args.clock}.\n\n"
+        + markdown_table(header, table)
+        + "\n",
+    )
+    _plot(results, args.out / "e2e.png")
+    print(f"wrote {args.out}/e2e.csv, e2e.md, e2e.png", flush=True)
+
+
+def _plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["variant"] for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, key, title in (
+        (axes[0], "prefill_tok_per_s", "prefill tokens/s (512)"),
+        (axes[1], "decode_tok_per_s", "decode tokens/s"),
+        (axes[2], "state_MiB", "weights + buffers (MiB)"),
+    ):
+        ax.bar(names, [float(r[key]) for r in results], color=["#888", "#b77", "#77b", "#4a4"][: len(names)])
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("SmolLM2-135M, CPU", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()

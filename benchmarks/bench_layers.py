@@ -1,0 +1,282 @@
+"""Layer-level speed of LLM.int8() on CPU against fp32, bf16 and bitsandbytes, on real model shapes.
+
+    python benchmarks/bench_layers.py --out benchmarks/results            # full grid, ~10 min on 2 cores
+    python benchmarks/bench_layers.py --shapes llama7b-qkv --tokens 1 512  # one shape
+
+For each (in, out) shape and token count M, every candidate computes ``Y = X W^T + b`` for the
+same weights and the same activations (~N(0, 1) with 6 emergent-outlier feature dims of magnitude
+8-20, as in the paper's Figure 3 models); times are medians of interleaved runs after a warm-up.
+
+Candidates:
+* ``fp32``, ``bf16``: ``nn.Linear`` in that dtype.
+* ``bnb``: bitsandbytes ``Linear8bitLt(has_fp16_weights=False, threshold=6.0)`` quantized by ``.to("cpu")``.
+* ``llm_int8``: ``llm_int8.Int8Linear`` (threshold 6.0), fp32 in and out, exact int8 GEMM.
+* ``gemm_exact``: the int8 GEMM of ``llm_int8`` alone on codes (the ceiling for ``llm_int8``).
+* ``gemm_saturating``: the same kernel on M rows of 8-bit codes, which saturates on AVX2 and is NOT
+  exact: the hardware's int8 speed if exactness were free (shown for reference only).
+* ``w8_bf16``: ``aten._weight_int8pack_mm``, int8 weight with bf16 activations (weight-only; not
+  LLM.int8() numerics; M <= 128 only).
+
+A candidate whose single call exceeds ``--max-call-seconds`` is not run for larger M on that
+shape; the table says "skipped".
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
+
+from llm_int8 import Int8Linear  # noqa: E402
+from llm_int8.ops import _capability, cpu  # noqa: E402
+from llm_int8.ops.int8_linear import _quantize_activations  # noqa: E402
+
+SHAPES = {  # name: (in_features K, out_features N)
+    "smollm2-up": (576, 1536),
+    "smollm2-down": (1536, 576),
+    "llama7b-qkv": (4096, 4096),
+    "llama7b-up": (4096, 11008),
+    "llama70b-up": (8192, 28672),
+}
+TOKENS = (1, 16, 128, 512, 2048)
+OUTLIER_DIMS = 6
+CANDIDATES = ("fp32", "bf16", "bnb", "llm_int8", "gemm_exact", "gemm_saturating", "w8_bf16")
+W8_MAX_TOKENS = 128
+
+
+def _activations(M: int, K: int, generator: torch.Generator) -> torch.Tensor:
+    X = torch.randn(M, K, generator=generator)  # (tokens, in_features)
+    dims = torch.randperm(K, generator=generator)[:OUTLIER_DIMS]
+    magnitude = 8 + 12 * torch.rand(OUTLIER_DIMS, generator=generator)  # 8..20
+    sign = torch.where(torch.rand(M, OUTLIER_DIMS, generator=generator) < 0.5, -1.0, 1.0)
+    X[:, dims] = sign * magnitude
+    return X
+
+
+def _bnb_layer(linear: nn.Linear):
+    import bitsandbytes as bnb
+
+    layer = bnb.nn.Linear8bitLt(
+        linear.in_features, linear.out_features, bias=True, has_fp16_weights=False, threshold=6.0
+    )
+    layer.load_state_dict(linear.state_dict())
+    return layer.to("cpu")  # Int8Params quantize row-wise on this move (CB int8, SCB float32)
+
+
+def _saturating_gemm(packed: cpu.CpuInt8Weight, codes: torch.Tensor):
+    """The fbgemm u8 x s8 kernel on the M rows of 8-bit codes ``X_i8 + 128`` (saturates; timing only)."""
+    stacked = torch.cat([codes, codes.new_tensor([[-128.0, 127.0] + [0.0] * (codes.shape[1] - 2)])])  # (M + 1, K)
+    return lambda: torch.ops.quantized.linear_dynamic(stacked, packed.packed, False)
+
+
+def _bf16(linear: nn.Linear) -> nn.Linear:
+    layer = nn.Linear(linear.in_features, linear.out_features, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.copy_(linear.weight)
+        layer.bias.copy_(linear.bias)
+    return layer
+
+
+def _candidates(modules: dict, packed: cpu.CpuInt8Weight, X: torch.Tensor, codes: torch.Tensor) -> dict:
+    X_bf16 = X.to(torch.bfloat16)
+    int8_layer = modules["llm_int8"]
+    fns = {
+        "fp32": lambda: modules["fp32"](X),
+        "bf16": lambda: modules["bf16"](X_bf16),
+        "llm_int8": lambda: int8_layer(X),
+        "gemm_exact": lambda: cpu.int8_mm_float(codes, int8_layer.weight_int8, packed),
+    }
+    if "bnb" in modules:
+        fns["bnb"] = lambda: modules["bnb"](X)
+    if packed.kernel == cpu.FBGEMM:
+        fns["gemm_saturating"] = _saturating_gemm(packed, codes)
+    if X.shape[0] <= W8_MAX_TOKENS and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        scales = int8_layer.weight_scale.to(torch.bfloat16)
+        fns["w8_bf16"] = lambda: torch.ops.aten._weight_int8pack_mm(X_bf16, int8_layer.weight_int8, scales)
+    return fns
+
+
+def run_shape(name: str, K: int, N: int, tokens, args, rows: list[dict]) -> None:
+    generator = torch.Generator().manual_seed(0)
+    linear = nn.Linear(K, N)
+    with torch.no_grad():
+        linear.weight.normal_(0, K**-0.5, generator=generator)
+    int8_layer = Int8Linear.from_linear(linear, threshold=6.0)
+    packed = cpu.prepack(int8_layer.weight_int8, _capability.cpu_int8_backend())
+    modules = {"fp32": linear, "bf16": _bf16(linear), "llm_int8": int8_layer}
+    try:
+        modules["bnb"] = _bnb_layer(linear)
+    except ImportError:
+        print("  bitsandbytes not installed: no bnb column", flush=True)
+    skipped: set[str] = set()
+    for M in tokens:
+        X = _activations(M, K, generator)
+        codes = _quantize_activations(X, 6.0)[0]  # (M, K) float codes, as llm_int8 feeds the GEMM
+        fns = _candidates(modules, packed, X, codes)
+        fns = {k: f for k, f in fns.items() if k not in skipped}
+        rounds = args.rounds if K * N * M < 2**31 else max(2, args.rounds // 2)
+        with torch.no_grad():
+            times = time_interleaved(fns, rounds=rounds, budget_s=args.cell_budget, clock=args.clock)
+        cell = {k: median(v) for k, v in times.items()}
+        for cand in CANDIDATES:
+            ran = cand in cell
+            rows.append(
+                {
+                    "shape": name,
+                    "in_features": K,
+                    "out_features": N,
+                    "tokens": M,
+                    "candidate": cand,
+                    "median_ms": f"{cell[cand] * 1e3:.3f}" if ran else "",
+                    "min_ms": f"{min(times[cand]) * 1e3:.3f}" if ran else "",
+                    "runs": len(times[cand]) if ran else 0,
+                    "clock": args.clock,
+                    "threads": torch.get_num_threads(),
+                    "note": ""
+                    if ran
+                    else ("skipped: slower than --max-call-seconds at a smaller M" if cand in skipped else "n/a"),
+                }
+            )
+            if ran and cell[cand] > args.max_call_seconds:
+                skipped.add(cand)
+        summary = "  ".join(f"{k}={v * 1e3:.2f}ms" for k, v in cell.items())
+        print(f"  {name} M={M}: {summary}", flush=True)
+    del modules, int8_layer, packed, linear
+    gc.collect()
+
+
+def _ratio(num: str, den: str) -> str:
+    return f"{float(num) / float(den):.2f}x" if num and den else "-"
+
+
+def markdown(rows: list[dict], info: dict, command: str) -> str:
+    by_cell: dict[tuple, dict] = {}
+    for r in rows:
+        by_cell.setdefault((r["shape"], r["tokens"]), {})[r["candidate"]] = r
+    header = [
+        "shape (K x N)",
+        "M",
+        "fp32 ms",
+        "bf16 ms",
+        "bnb ms",
+        "llm-int8 ms",
+        "int8 GEMM exact ms",
+        "u8s8 saturating ms",
+        "w8 bf16 ms",
+        "vs fp32",
+        "vs bf16",
+        "vs bnb",
+        "GEMM ceiling vs fp32",
+    ]
+    table = []
+    for (shape, M), cell in by_cell.items():
+
+        def ms(c, cell=cell):
+            v = cell.get(c, {}).get("median_ms", "")
+            return v
+
+        K, N = cell["fp32"]["in_features"], cell["fp32"]["out_features"]
+        table.append(
+            [
+                f"{shape} ({K}x{N})",
+                str(M),
+                *[(f"{float(ms(c)):.2f}" if ms(c) else "skipped") for c in CANDIDATES[:5]],
+                f"{float(ms('gemm_saturating')):.2f}" if ms("gemm_saturating") else "-",
+                f"{float(ms('w8_bf16')):.2f}" if ms("w8_bf16") else "-",
+                _ratio(ms("fp32"), ms("llm_int8")),
+                _ratio(ms("bf16"), ms("llm_int8")),
+                _ratio(ms("bnb"), ms("llm_int8")),
+                _ratio(ms("fp32"), ms("gemm_exact")),
+            ]
+        )
+    machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    return (
+        "# Layer benchmark (CPU)\n\n"
+        f"Command: `{command}`\n\n{machine}\n\n"
+        "Median time per call (see clock above); ratios are speedups of llm-int8 "
+        "(time of the peer / time of llm-int8).\n\n" + markdown_table(header, table) + "\n"
+    )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4 * len(shapes), 3.6), sharey=True, squeeze=False)
+    for ax, shape in zip(axes[0], shapes, strict=True):
+        cells: dict[int, dict[str, float]] = {}
+        for r in rows:
+            if r["shape"] == shape and r["median_ms"]:
+                cells.setdefault(int(r["tokens"]), {})[r["candidate"]] = float(r["median_ms"])
+        for cand, style in (("bf16", "s--"), ("bnb", "^--"), ("llm_int8", "o-"), ("gemm_exact", "x:")):
+            pts = [(M, c["fp32"] / c[cand]) for M, c in sorted(cells.items()) if cand in c and "fp32" in c]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=cand)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_title(shape, fontsize=9)
+        ax.set_xlabel("tokens M")
+    axes[0][0].set_ylabel("speedup over fp32 nn.Linear")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS))
+    parser.add_argument("--rounds", type=int, default=7, help="timed runs per candidate (fewer on big cells)")
+    parser.add_argument("--cell-budget", type=float, default=6.0, help="seconds of timed runs per candidate and cell")
+    parser.add_argument("--max-call-seconds", type=float, default=4.0, help="skip larger M once a call takes this long")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or the calling thread's CPU time (only with --threads 1; robust on a loaded machine)",
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and torch.get_num_threads() != 1:
+        parser.error("--clock cpu measures one thread: use it with --threads 1")
+    warnings.filterwarnings("ignore", module="bitsandbytes")
+    args.out.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    info["llm_int8 CPU backend"] = _capability.cpu_int8_backend()
+    info["clock"] = f"{args.clock} ({'thread CPU time' if args.clock == 'cpu' else 'wall time'})"
+    print("machine:", info, flush=True)
+    start = time.perf_counter()
+    rows: list[dict] = []
+    for name in args.shapes:
+        K, N = SHAPES[name]
+        print(f"{name}: {K} x {N}", flush=True)
+        run_shape(name, K, N, args.tokens, args, rows)
+    info["loadavg_1min_end"] = f"{__import__('os').getloadavg()[0]:.2f}"
+    info["total_seconds"] = f"{time.perf_counter() - start:.0f}"
+    command = "python benchmarks/bench_layers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_csv(args.out / "layers.csv", rows)
+    write_text(args.out / "layers.md", markdown(rows, info, command.strip()))
+    plot(rows, args.out / "layers.png")
+    print(f"wrote {args.out}/layers.csv, layers.md, layers.png in {info['total_seconds']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
