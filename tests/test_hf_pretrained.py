@@ -122,31 +122,38 @@ def test_reader_reads_row_blocks(tmp_path):
     with SafetensorsFile(tmp_path / "x.safetensors") as f:
         assert torch.equal(f.read("w"), t)
         assert torch.equal(f.read_rows("w", 2, 6), t[2:6])
-        buf = torch.empty(20, dtype=torch.float16)
-        assert torch.equal(f.read_rows("w", 5, 7, out=buf), t[5:7])
+        scratch = torch.empty(64, dtype=torch.uint8)
+        rows = f.read_rows("w", 5, 7, scratch=scratch)
+        assert torch.equal(rows, t[5:7]) and rows.data_ptr() == scratch.data_ptr()
 
 
 @pytest.mark.slow
 def test_gguf_file_loads_as_int8(smollm2, monkeypatch):
-    """The GGUF path on the real SmolLM2-135M; transformers' GGUF dequantization (slow) is replaced
-    by the session's already-loaded copy of the same file."""
+    """The GGUF path on the real SmolLM2-135M. transformers' GGUF dequantization (slow) is replaced by
+    a copy of the session's already-loaded model, cut to its first 2 layers to keep the test short."""
     from llm_int8.integrations import default_model_path
 
     path = default_model_path()
+    full = smollm2[0]
     calls = []
 
     class _Auto:
         @staticmethod
         def from_pretrained(name, **kwargs):
             calls.append((name, kwargs))
-            return copy.deepcopy(smollm2[0])
+            layers = full.model.layers
+            full.model.layers = nn.ModuleList(list(layers[:2]))
+            try:
+                model = copy.deepcopy(full)
+            finally:
+                full.model.layers = layers  # the shared fixture is left as it was
+            model.config.num_hidden_layers = 2
+            return model
 
     model = llm_int8.from_pretrained(path, auto_class=_Auto, progress=False)
     assert calls[0][1]["gguf_file"] == path.name
-    layers = _int8_layers(model)
-    assert len(layers) == 30 * 7  # SmolLM2-135M: 30 layers x (q, k, v, o, gate, up, down)
+    assert len(_int8_layers(model)) == 2 * 7  # per layer: q, k, v, o, gate, up, down
     assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.model.embed_tokens.weight
     assert model.config.quantization_config.modules_to_not_convert == ["lm_head"]
-    float_layer = smollm2[0].model.layers[3].mlp.down_proj
-    expected = Int8Linear.from_linear(float_layer)
-    assert torch.equal(model.model.layers[3].mlp.down_proj.weight_int8, expected.weight_int8)
+    expected = Int8Linear.from_linear(full.model.layers[1].mlp.down_proj)
+    assert torch.equal(model.model.layers[1].mlp.down_proj.weight_int8, expected.weight_int8)

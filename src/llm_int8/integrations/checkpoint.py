@@ -165,17 +165,21 @@ class SafetensorsFile:
         self._read_bytes(info, info.begin, info.nbytes, out)
         return out
 
-    def read_rows(self, name: str, r0: int, r1: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows ``r0:r1`` of dim 0 of ``name``; written into ``out`` (reused across calls) when given."""
+    def read_rows(self, name: str, r0: int, r1: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``r0:r1`` of dim 0 of ``name``, in its stored dtype.
+
+        With ``scratch`` (a uint8 buffer of at least the rows' bytes, reused across calls) the result
+        is a view into it, valid until the next call; otherwise a new tensor.
+        """
         info = self.tensors[name]
-        row_numel = math.prod(info.shape[1:])
         shape = (r1 - r0, *info.shape[1:])
-        if out is None:
+        row_bytes = math.prod(info.shape[1:]) * info.dtype.itemsize
+        nbytes = (r1 - r0) * row_bytes
+        if scratch is None:
             out = torch.empty(shape, dtype=info.dtype)
         else:
-            out = out.view(-1)[: math.prod(shape)].view(shape)
-        row_bytes = row_numel * info.dtype.itemsize
-        self._read_bytes(info, info.begin + r0 * row_bytes, (r1 - r0) * row_bytes, out)
+            out = scratch[:nbytes].view(info.dtype).view(shape)
+        self._read_bytes(info, info.begin + r0 * row_bytes, nbytes, out)
         return out
 
 
@@ -215,12 +219,11 @@ class _PickleFile:
     def read(self, name: str) -> torch.Tensor:
         return self._state[name].clone()
 
-    def read_rows(self, name: str, r0: int, r1: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    def read_rows(self, name: str, r0: int, r1: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
         rows = self._state[name][r0:r1]
-        if out is None:
+        if scratch is None:
             return rows.clone()
-        out = out.view(-1)[: rows.numel()].view(rows.shape)
-        return out.copy_(rows)
+        return scratch[: rows.numel() * rows.element_size()].view(rows.dtype).view(rows.shape).copy_(rows)
 
 
 class CheckpointShards:

@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 
 from ..config import DEFAULT_THRESHOLD, Int8Config
 from ..nn import Int8Linear
-from ..primitives import rowwise_quantize
 from ..primitives.quantize import INT8_MAX
 from .checkpoint import CheckpointError, CheckpointShards
 from .convert import quantize_model
@@ -47,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 # Float32 bytes of one block of weight rows quantized at a time: small enough to be noise next to
 # the int8 model, large enough for the reads and the row-wise quantizer to run at full speed.
-_BLOCK_BYTES = 8 * 2**20
+_BLOCK_BYTES = 4 * 2**20
 
 # bitsandbytes' weight_format codes; only the plain row-major layout is a portable checkpoint
 _BNB_ROW_FORMAT = 0
@@ -106,13 +105,48 @@ def _resolve_dtype(dtype, config, headers) -> torch.dtype:
     return torch.float32
 
 
-def _read_quantized(handle, key: str, transposed: bool, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+class _Scratch:
+    """The two buffers every block goes through, allocated once per load: the raw bytes read from the
+    file and their float32 copy that is quantized in place. Reusing them, instead of letting each
+    block allocate its own temporaries, is what keeps the heap from growing: blocks of a few MiB
+    freed between the long-lived int8 tensors fragment glibc's heap and stay resident."""
+
+    def __init__(self) -> None:
+        self.raw = torch.empty(_BLOCK_BYTES, dtype=torch.uint8)
+        self.work = torch.empty(_BLOCK_BYTES // 4, dtype=torch.float32)
+
+    def rows_per_block(self, cols: int, itemsize: int) -> int:
+        return max(1, _BLOCK_BYTES // (max(4, itemsize) * max(cols, 1)))
+
+    def float_view(self, block: torch.Tensor) -> torch.Tensor:
+        if block.numel() > self.work.numel():  # a single row longer than a block
+            self.work = torch.empty(block.numel(), dtype=torch.float32)
+        return self.work[: block.numel()].view(block.shape).copy_(block)
+
+    def raw_for(self, nbytes: int) -> torch.Tensor:
+        if nbytes > self.raw.numel():
+            self.raw = torch.empty(nbytes, dtype=torch.uint8)
+        return self.raw
+
+
+def _absmax(A: torch.Tensor, dim: int) -> torch.Tensor:
+    """``max |A|`` along ``dim`` without an ``|A|`` temporary: ``max(-min A, max A)``."""
+    lo, hi = torch.aminmax(A, dim=dim)
+    return torch.maximum(lo.neg_(), hi)
+
+
+def _read_quantized(
+    handle, key: str, transposed: bool, label: str, scratch: _Scratch
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize checkpoint tensor ``key`` row-wise while reading it in blocks of rows.
+
+    ``W_i8[i] = round(W[i] * 127 / max|W[i]|)``, ``s_w[i] = max|W[i]| / 127``, computed as
+    ``rowwise_quantize(W)`` computes it (bit-identical) but in place in ``scratch``.
 
     For an ``nn.Linear`` the stored weight is ``W`` (out, in) and each block of output rows is
     quantized on its own. A ``Conv1D`` stores ``W^T`` (in, out): the row absmax of ``W`` is a column
     max there, so a first pass over the blocks collects it and a second pass writes the codes.
-    Returns ``(W_i8 (out, in) int8, s_w (out,) float32)``, identical to ``rowwise_quantize(W)``.
+    Returns ``(W_i8 (out, in) int8, s_w (out,) float32)``.
     """
     info = handle.tensors[key]
     if not _is_float(info.dtype) or len(info.shape) != 2:
@@ -121,32 +155,39 @@ def _read_quantized(handle, key: str, transposed: bool, label: str) -> tuple[tor
             "describes a float 2-D linear weight"
         )
     rows, cols = info.shape
-    block_rows = max(1, _BLOCK_BYTES // (4 * max(cols, 1)))
-    buf = torch.empty(min(rows, block_rows) * cols, dtype=info.dtype)
+    block_rows = scratch.rows_per_block(cols, info.dtype.itemsize)
+    raw = scratch.raw_for(min(rows, block_rows) * cols * info.dtype.itemsize)
 
     def blocks():
         for r0 in range(0, rows, block_rows):
             r1 = min(rows, r0 + block_rows)
-            block = handle.read_rows(key, r0, r1, out=buf)  # (r1 - r0, cols)
-            if not torch.isfinite(block).all():
-                raise CheckpointError(f"{info.path}: tensor {key!r} holds NaN or Inf values; cannot quantize it")
-            yield r0, r1, block
+            yield r0, r1, scratch.float_view(handle.read_rows(key, r0, r1, scratch=raw))  # (r1 - r0, cols)
+
+    def check_finite(absmax: torch.Tensor) -> None:
+        if not torch.isfinite(absmax).all():  # a NaN or Inf anywhere in the rows makes their absmax non-finite
+            raise CheckpointError(f"{info.path}: tensor {key!r} holds NaN or Inf values; cannot quantize it")
 
     if not transposed:
         W_i8 = torch.empty(rows, cols, dtype=torch.int8)  # (out, in)
-        s_w = torch.empty(rows, dtype=torch.float32)
+        s_w = torch.empty(rows, dtype=torch.float32)  # (out,)
         for r0, r1, W_block in blocks():
-            W_i8[r0:r1], s_w[r0:r1] = rowwise_quantize(W_block, dim=-1)
+            absmax = _absmax(W_block, dim=1)  # (r1 - r0,)
+            check_finite(absmax)
+            inv_step = INT8_MAX / absmax.clamp_min(_TINY)
+            W_block.mul_(inv_step[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)
+            W_i8[r0:r1].copy_(W_block)  # exact: the values are integers in [-127, 127]
+            torch.div(absmax, INT8_MAX, out=s_w[r0:r1])
         return W_i8, s_w
     # Conv1D: stored (in, out) = (rows, cols)
     absmax = torch.zeros(cols, dtype=torch.float32)  # (out,)
     for _, _, WT_block in blocks():
-        torch.maximum(absmax, WT_block.float().abs().amax(dim=0), out=absmax)
-    inv_step = INT8_MAX / absmax.clamp_min(_TINY)  # (out,), as rowwise_quantize computes it
+        torch.maximum(absmax, _absmax(WT_block, dim=0), out=absmax)
+    check_finite(absmax)
+    inv_step = INT8_MAX / absmax.clamp_min(_TINY)  # (out,)
     W_i8 = torch.empty(cols, rows, dtype=torch.int8)  # (out, in)
     for r0, r1, WT_block in blocks():
-        codes = (WT_block.float() * inv_step).round_().clamp_(-INT8_MAX, INT8_MAX)  # (r1 - r0, out)
-        W_i8[:, r0:r1] = codes.T.to(torch.int8)
+        WT_block.mul_(inv_step).round_().clamp_(-INT8_MAX, INT8_MAX)  # (r1 - r0, out)
+        W_i8[:, r0:r1].copy_(WT_block.T)
     return W_i8, absmax / INT8_MAX
 
 
@@ -311,6 +352,7 @@ def from_pretrained(
             )
 
     # 3. stream, one file and one tensor at a time
+    scratch = _Scratch()
     bar = tqdm(total=len(headers), desc="loading int8", unit="tensor", disable=not progress)
     try:
         for handle in shards.open_files():
@@ -330,7 +372,7 @@ def from_pretrained(
                         place(i8_key, handle.read(ckey))
                         continue
                     check(info, key, shape[::-1] if layer in conv1d else shape, float_expected=True)
-                    W_i8, s_w = _read_quantized(handle, ckey, layer in conv1d, f"weight of {layer}")
+                    W_i8, s_w = _read_quantized(handle, ckey, layer in conv1d, f"weight of {layer}", scratch)
                     place(i8_key, W_i8)
                     place(f"{layer}.weight_scale", s_w)
                     continue
