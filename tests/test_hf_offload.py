@@ -60,6 +60,31 @@ def test_max_memory_plans_on_int8_sizes(llama_dir, tmp_path):
     torch.testing.assert_close(logits(model), logits(reference), rtol=0, atol=0)
 
 
+def test_transformers_loads_saved_int8_with_disk_offload(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    reference = llm_int8.from_pretrained(llama_dir, progress=False)
+    saved = llm_int8.save_pretrained(reference, tmp_path / "int8")
+    model = AutoModelForCausalLM.from_pretrained(
+        saved, device_map=_CPU_DISK_MAP, offload_folder=tmp_path / "offload", offload_buffers=True
+    )
+    layer = model.model.layers[1].mlp.up_proj
+    assert isinstance(layer, Int8Linear) and layer.weight_int8.is_meta
+    torch.testing.assert_close(logits(model), logits(reference), rtol=0, atol=0)
+
+
+def test_transformers_on_the_fly_refuses_disk(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(ValueError, match="llm_int8.from_pretrained"):
+        AutoModelForCausalLM.from_pretrained(
+            llama_dir,
+            quantization_config=llm_int8.LLMInt8Config(),
+            device_map=_CPU_DISK_MAP,
+            offload_folder=tmp_path / "offload",
+        )
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_gpu_and_cpu_placement(llama_dir):

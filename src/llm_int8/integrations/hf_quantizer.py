@@ -45,6 +45,13 @@ FORMAT_VERSION = 1
 (out,) float32 = row absmax / 127, plus ``bias``; layers in ``modules_to_not_convert`` stay float."""
 
 
+_NO_DISK_ON_THE_FLY = (
+    "transformers offloads a disk-placed weight before the quantizer sees it, so quantizing while "
+    "loading cannot offload to disk: use llm_int8.from_pretrained(path, device_map=..., "
+    "offload_folder=...), or save the int8 model first and load that folder with offload_buffers=True"
+)
+
+
 class LLMInt8Config(QuantizationConfigMixin):
     """Quantization config for LLM.int8(), usable as transformers' ``quantization_config``.
 
@@ -155,6 +162,10 @@ class LLMInt8HfQuantizer(HfQuantizer):
     def quantized_element_size(self) -> float:
         return 1  # int8 codes; lets accelerate's device maps count int8 bytes, not float
 
+    def validate_environment(self, device_map=None, **kwargs) -> None:
+        if not self.pre_quantized and isinstance(device_map, dict) and "disk" in device_map.values():
+            raise ValueError(_NO_DISK_ON_THE_FLY)
+
     def update_dtype(self, dtype: torch.dtype) -> torch.dtype:
         return dtype  # compute in the checkpoint's / user's dtype: a bf16 model stays bf16
 
@@ -185,7 +196,10 @@ class LLMInt8HfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model, **kwargs):
         left = [n for n in self._targets if not isinstance(model.get_submodule(n), Int8Linear)]
         if left:
-            raise ValueError(f"{len(left)} linear layers were not quantized (no weight in the checkpoint?): {left[:5]}")
+            raise ValueError(
+                f"{len(left)} linear layers were not quantized (no weight in the checkpoint, or placed on the "
+                f"disk?): {sorted(left)[:5]}. {_NO_DISK_ON_THE_FLY}"
+            )
         model.is_loaded_in_8bit = True
         return model
 

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 # Float32 bytes of one block of weight rows quantized at a time: small enough to be noise next to
 # the int8 model, large enough for the reads and the row-wise quantizer to run at full speed.
-_BLOCK_BYTES = 4 * 2**20
+_BLOCK_BYTES = 2 * 2**20
 
 # bitsandbytes' weight_format codes; only the plain row-major layout is a portable checkpoint
 _BNB_ROW_FORMAT = 0
