@@ -61,3 +61,12 @@ def test_config_round_trips_through_dict():
     again = LLMInt8Config.from_dict(config.to_dict())
     assert again.to_dict() == config.to_dict()
     assert config.to_dict()["quant_method"] == "llm_int8"
+
+
+def test_quantization_config_on_an_int8_folder_is_a_noop_with_a_message(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "fp")
+    saved = llm_int8.save_pretrained(llm_int8.from_pretrained(tmp_path / "fp", progress=False), tmp_path / "q")
+    reference = llm_int8.from_pretrained(saved, progress=False)
+    with pytest.warns(UserWarning, match="already has a `quantization_config`"):
+        again = AutoModelForCausalLM.from_pretrained(saved, quantization_config=LLMInt8Config())
+    torch.testing.assert_close(logits(again), logits(reference), rtol=0, atol=0)

@@ -281,6 +281,7 @@ def from_pretrained(
     # which linear layers become int8, and from what
     if saved_q and saved_q.get("quant_method") == QUANT_METHOD:
         saved = LLMInt8Config.from_dict(saved_q)
+        logger.info("%s is already int8 (llm_int8 format %d): loading it as is", folder, saved.format_version)
         if skip_modules:
             logger.warning("skip_modules=%s ignored: %s is already int8", list(skip_modules), folder)
         auto_skip = list(saved.modules_to_not_convert or automatic_skip_modules(hf_model))
