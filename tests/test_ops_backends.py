@@ -182,6 +182,8 @@ def test_backend_order(monkeypatch):
 def test_fused_quantization_equals_primitives(dtype, threshold):
     X = _planted(33, 70).to(dtype)
     X[4] = 0  # an all-zero row
+    X[5] = 0
+    X[5, :3] = torch.tensor([1e-38, -3e-39, 2e-45])  # absmax so small that 127 / absmax is inf
     X[7, 20] = float("nan")
     X[9, 21] = float("inf")
     codes, s_x, outlier_idx = _quantize_activations(X, threshold)

@@ -70,6 +70,10 @@ def _quantize_activations(X: torch.Tensor, threshold: float) -> tuple[torch.Tens
     if outlier_idx.numel():
         X_scaled.index_fill_(1, outlier_idx, 0)
     X_codes = X_scaled.round_().clamp_(-INT8_MAX, INT8_MAX)  # round half to even, as rowwise_quantize
+    if torch.isinf(inv_step).any():
+        # absmax < 127 / float32 max: nonzero entries became +-inf -> +-127 (as in rowwise_quantize),
+        # zeros 0 * inf = NaN, which must be code 0 before any kernel reads it
+        X_codes.nan_to_num_(nan=0.0)
     return X_codes, absmax / INT8_MAX, outlier_idx
 
 
