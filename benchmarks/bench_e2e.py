@@ -158,6 +158,10 @@ def main(argv=None) -> None:
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # only so that machine_info reports what the variants use
     info = machine_info()
     own = list(argv if argv is not None else sys.argv[1:])
     results = []
@@ -176,6 +180,7 @@ def main(argv=None) -> None:
     reference = next((r["generated"] for r in results if r["variant"] == "fp32"), None)
     for r in results:
         same = sum(a == b for a, b in zip(r.pop("generated"), reference or [], strict=False))
+        # position by position: one early different token shifts the rest
         r["greedy_tokens_equal_fp32"] = f"{same}/{args.decode}" if reference else ""
     base = next((r for r in results if r["variant"] == "fp32"), None)
     write_csv(args.out / "e2e.csv", results)

@@ -1,7 +1,10 @@
 """Layer-level speed of LLM.int8() on CPU against fp32, bf16 and bitsandbytes, on real model shapes.
 
-    python benchmarks/bench_layers.py --out benchmarks/results            # full grid, ~10 min on 2 cores
-    python benchmarks/bench_layers.py --shapes llama7b-qkv --tokens 1 512  # one shape
+    python benchmarks/bench_layers.py --out benchmarks/results --threads 1 --clock cpu  # full grid, 16 min
+    python benchmarks/bench_layers.py --shapes llama7b-qkv --tokens 1 512              # one shape
+
+The full grid took 16 minutes on 2 loaded cores; the 8192 x 28672 shape is most of it (use
+``--shapes`` to leave it out, or lower ``--max-call-seconds``).
 
 For each (in, out) shape and token count M, every candidate computes ``Y = X W^T + b`` for the
 same weights and the same activations (~N(0, 1) with 6 emergent-outlier feature dims of magnitude
@@ -243,8 +246,8 @@ def main(argv=None) -> None:
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS))
     parser.add_argument("--rounds", type=int, default=7, help="timed runs per candidate (fewer on big cells)")
-    parser.add_argument("--cell-budget", type=float, default=6.0, help="seconds of timed runs per candidate and cell")
-    parser.add_argument("--max-call-seconds", type=float, default=4.0, help="skip larger M once a call takes this long")
+    parser.add_argument("--cell-budget", type=float, default=4.0, help="seconds of timed runs per candidate and cell")
+    parser.add_argument("--max-call-seconds", type=float, default=3.0, help="skip larger M once a call takes this long")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--clock",

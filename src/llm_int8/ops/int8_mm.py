@@ -4,8 +4,9 @@ Backends, each equal to ``llm_int8.primitives.int8_matmul_reference`` bit for bi
 
 * CUDA: cuBLASLt through ``torch._int_mm``, padded to its shape rules (``ops/cuda.py``).
 * CPU, x86 builds: fbgemm's (else oneDNN's) u8 x s8 GEMM on sign-split 7-bit codes
-  (``ops/cpu.py``), 30-60x faster than ``_int_mm`` on AVX2; the weight is reordered per call
-  unless its packed layout is passed (``prepack_int8_weight``).
+  (``ops/cpu.py``); ``_int_mm`` is a generic loop on CPUs without AVX-512 (about 3.5 s for
+  512x4096x4096 on the AVX2 machine of BENCHMARKS.md, against 0.25 s here). The weight is
+  reordered per call unless its packed layout is passed (``prepack_int8_weight``).
 * CPU without either: ``torch._int_mm`` (exact, a slow generic loop).
 * Anything else: ``int8_matmul_reference`` (float64, exact).
 """
