@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -132,7 +133,9 @@ def main() -> int:
         n_params = build_checkpoint(fp16_dir, args.layers, args.shard)
         print(f"built {n_params / 1e9:.3f}B-parameter fp16 checkpoint in {fp16_dir}", flush=True)
     else:
-        n_params = None
+        from llm_int8.integrations.checkpoint import CheckpointShards
+
+        n_params = sum(math.prod(i.shape) for i in CheckpointShards(fp16_dir).read_headers().values())
     if "reload-int8" in args.modes and not (int8_dir / "config.json").is_file():
         import llm_int8
 
@@ -172,8 +175,7 @@ def main() -> int:
         writer.writeheader()
         writer.writerows(rows)
     lines = [
-        f"# Loading a {args.layers}-layer Llama ({'%.3fB' % (n_params / 1e9) if n_params else 'reused'} params) "
-        "fp16 checkpoint as int8",
+        f"# Loading a {args.layers}-layer Llama ({n_params / 1e9:.3f}B params) fp16 checkpoint as int8",
         "",
         f"Command: `python benchmarks/bench_loading.py --layers {args.layers} --shard {args.shard}`; "
         f"fp16 shards of at most {args.shard}. Peak RSS growth = VmHWM after the load minus VmRSS before it, "
