@@ -43,6 +43,26 @@ def test_streaming_equals_load_then_convert(tmp_path, family, sharded):
     assert loaded.config.quantization_config.threshold == 6.0
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["linear", "conv1d"])
+def test_zero_and_tiny_rows(tmp_path, transposed):
+    W = torch.randn(6, 10)
+    W[1] = 0.0  # a pruned row
+    W[4] = 1e-30
+    save_file({"w": W.T.contiguous() if transposed else W}, tmp_path / "x.safetensors")
+    with SafetensorsFile(tmp_path / "x.safetensors") as f:
+        W_i8, s_w = pretrained._read_quantized(f, "w", transposed, "w", pretrained._Scratch())
+    assert torch.equal(W_i8[1], torch.zeros(10, dtype=torch.int8)) and s_w[1] == 0
+    expected = Int8Linear.from_linear(_linear_with(W))
+    assert torch.equal(W_i8, expected.weight_int8) and torch.equal(s_w, expected.weight_scale)
+
+
+def _linear_with(W: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(W.shape[1], W.shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(W)
+    return layer
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_blockwise_quantization_is_bit_exact(tmp_path, monkeypatch, family):
     """Tiny blocks force many row blocks per weight (and the two-pass Conv1D path for GPT-2)."""

@@ -152,6 +152,12 @@ def _absmax(A: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.maximum(lo.neg_(), hi)
 
 
+def _inv_step(absmax: torch.Tensor) -> torch.Tensor:
+    """``127 / max|W[i]|`` as ``rowwise_quantize`` computes it, except that an all-zero row gets 0
+    (not ``127 / tiny = inf``, whose product with the zero row is NaN and casts to int8 by luck)."""
+    return (INT8_MAX / absmax.clamp_min(_TINY)).masked_fill_(absmax == 0, 0.0)
+
+
 def _read_quantized(
     handle, key: str, transposed: bool, label: str, scratch: _Scratch
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +196,7 @@ def _read_quantized(
         for r0, r1, W_block in blocks():
             absmax = _absmax(W_block, dim=1)  # (r1 - r0,)
             check_finite(absmax)
-            inv_step = INT8_MAX / absmax.clamp_min(_TINY)
+            inv_step = _inv_step(absmax)
             W_block.mul_(inv_step[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)
             W_i8[r0:r1].copy_(W_block)  # exact: the values are integers in [-127, 127]
             torch.div(absmax, INT8_MAX, out=s_w[r0:r1])
@@ -200,7 +206,7 @@ def _read_quantized(
     for _, _, WT_block in blocks():
         torch.maximum(absmax, _absmax(WT_block, dim=0), out=absmax)
     check_finite(absmax)
-    inv_step = INT8_MAX / absmax.clamp_min(_TINY)  # (out,)
+    inv_step = _inv_step(absmax)  # (out,)
     W_i8 = torch.empty(cols, rows, dtype=torch.int8)  # (out, in)
     for r0, r1, WT_block in blocks():
         WT_block.mul_(inv_step).round_().clamp_(-INT8_MAX, INT8_MAX)  # (r1 - r0, out)
