@@ -201,3 +201,22 @@ def test_cli_default_methods_are_table_1():
     from llm_int8.cli.evaluate import _DEFAULT_METHODS
 
     assert _DEFAULT_METHODS.split(",") == list(METHODS)
+
+
+def test_layer_errors_ranks_methods():
+    from llm_int8.evaluation.diagnose import layer_errors
+
+    class Emb(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(11, 16)
+            self.emb.weight.data[:, 3] *= 30  # an outlier feature dim
+            self.fc = nn.Linear(16, 16)
+            self.lm_head = nn.Linear(16, 11)
+
+        def forward(self, ids):
+            return self.lm_head(self.fc(self.emb(ids)))
+
+    rows = layer_errors(Emb(), torch.arange(11), ["absmax", "llm.int8"])
+    assert [r["layer"] for r in rows] == ["fc"] and rows[0]["outlier_columns"] == 1
+    assert rows[0]["llm.int8"] < rows[0]["absmax"] / 3

@@ -64,6 +64,7 @@ def compare_methods(
                 hellaswag_acc=hs.acc,
                 hellaswag_acc_norm=hs.acc_norm,
                 hellaswag_tasks=hs.tasks,
+                hellaswag_predictions=list(hs.predictions),  # acc_norm choices, to compare methods task by task
                 hellaswag_seconds=time.perf_counter() - t,
             )
         row["seconds"] = time.perf_counter() - t0
