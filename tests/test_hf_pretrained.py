@@ -112,6 +112,14 @@ def test_pickle_checkpoint_loads_with_weights_only(tmp_path):
     _assert_same_int8(loaded, quantize_model(copy.deepcopy(model)))
 
 
+def test_legacy_pickle_format_loads(tmp_path):
+    model = tiny_model("opt")
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    loaded = llm_int8.from_pretrained(tmp_path, progress=False)
+    _assert_same_int8(loaded, quantize_model(copy.deepcopy(model)))
+
+
 class _NotATensor:
     def __reduce__(self):
         return (print, ("code ran while unpickling",))

@@ -191,7 +191,13 @@ class _PickleFile:
         if not path.is_file():
             raise CheckpointError(f"checkpoint file not found: {path}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                # legacy (pre-zip) torch.save format: no memory map, still weights_only
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for a corrupt or unsafe pickle
             raise CheckpointError(
                 f"{path}: cannot load with torch.load(weights_only=True): {err.__class__.__name__}: "
