@@ -132,3 +132,16 @@ def test_int8_matmul_reference_rejects_bad_operands():
         int8_matmul_reference(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int8))
     with pytest.raises(ValueError, match="inner dimensions"):
         int8_matmul_reference(torch.zeros(2, 3, dtype=torch.int8), torch.zeros(2, 4, dtype=torch.int8))
+
+
+def test_rowwise_scaling_of_zero_and_denormal_rows_stays_finite(monkeypatch):
+    import llm_int8.primitives.quantize as q
+
+    seen = []
+    original = q._round_to_int8
+    monkeypatch.setattr(q, "_round_to_int8", lambda scaled: seen.append(scaled.clone()) or original(scaled))
+    A = torch.zeros(3, 5)
+    A[1, 2] = 1e-40  # denormal absmax
+    A_i8, scale = q.rowwise_quantize(A)
+    assert not torch.isnan(seen[0]).any()  # no 0 * inf before the cast hides it
+    assert A_i8[1, 2] == INT8_MAX and torch.all(A_i8[0] == 0) and torch.all(A_i8[2] == 0)

@@ -24,14 +24,25 @@ __all__ = [
 INT8_MAX = 127
 """Largest int8 code used; the paper's 127 in ``s = 127 / max|A|``."""
 
-# Smallest absmax we divide by. A zero (or all-zero row) tensor quantizes to zero codes with a zero
-# scale instead of dividing by zero; any positive float32 absmax is far above this.
-_TINY = torch.finfo(torch.float32).tiny
+_TINY = torch.finfo(torch.float32).tiny  # guards the zeropoint range (max - min) against zero
 
 
 def _round_to_int8(A_scaled: torch.Tensor) -> torch.Tensor:
     # round-half-to-even, as torch.round; clamp guards the last ulp of a division.
     return A_scaled.round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+
+
+def _absmax_scaled(A: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+    """``A * (127 / absmax)`` with all-zero slices mapped to 0 rather than ``0 * inf = NaN``.
+
+    A denormal absmax makes ``127 / absmax`` overflow to inf: its non-zero entries then go to
+    +-inf (clamped to +-127 later) and its zeros to NaN, which are set back to 0 here.
+    """
+    inv_step = torch.where(absmax > 0, INT8_MAX / absmax, 0.0)
+    A_scaled = A * inv_step
+    if torch.isinf(inv_step).any():
+        A_scaled.nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+    return A_scaled
 
 
 def absmax_quantize(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +71,7 @@ def rowwise_quantize(A: torch.Tensor, dim: int | None = -1) -> tuple[torch.Tenso
     else:
         absmax = A.abs().amax(dim=dim)
         scale_b = absmax.unsqueeze(dim)
-    A_i8 = _round_to_int8(A * (INT8_MAX / scale_b.clamp_min(_TINY)))
+    A_i8 = _round_to_int8(_absmax_scaled(A, scale_b))
     return A_i8, absmax / INT8_MAX
 
 
