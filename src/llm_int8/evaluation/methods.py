@@ -106,8 +106,10 @@ METHODS: dict[str, MethodSpec] = {
 """Methods by name, in the order of the paper's Table 1."""
 
 
-def parse_methods(text: str | list[str]) -> list[MethodSpec]:
+def parse_methods(text: str | list[str] | list[MethodSpec]) -> list[MethodSpec]:
     """``"fp32,absmax,llm.int8"`` (or a list of names) -> specs; an unknown name lists the valid ones."""
+    if isinstance(text, list) and text and all(isinstance(m, MethodSpec) for m in text):
+        return list(text)  # already specs (e.g. an experimental variant)
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     if not names:
         raise ValueError(f"no method given; valid methods: {', '.join(METHODS)}")
