@@ -59,6 +59,7 @@ def plot_outliers(stats: OutlierStatistics, summary: dict, path: str | os.PathLi
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
