@@ -47,12 +47,16 @@ def reference(X: torch.Tensor, W: torch.Tensor, spec: MethodSpec) -> torch.Tenso
     Xr = X.masked_fill(O, 0)
     if spec.zeropoint:
         Xq, zx, sx = _zeropoint_ref(Xr, spec.x_per_row)
-        Wq, zw, sw = _zeropoint_ref(W, spec.w_per_row)
-        Xd, Wd = (Xq - zx) * sx, (Wq - zw) * sw
+        Xd = (Xq - zx) * sx
     else:
         Xq, sx = _absmax_ref(Xr, spec.x_per_row)
+        Xd = Xq * sx
+    if spec.weight_zeropoint:
+        Wq, zw, sw = _zeropoint_ref(W, spec.w_per_row)
+        Wd = (Wq - zw) * sw
+    else:
         Wq, sw = _absmax_ref(W, spec.w_per_row)
-        Xd, Wd = Xq * sx, Wq * sw
+        Wd = Wq * sw
     C = Xd @ Wd.T
     W_O = W if spec.outlier_weight == "float" else Wd
     return C + X[:, O] @ W_O[:, O].T
@@ -65,9 +69,14 @@ def _operands(M=37, K=70, N=29, outlier_col=5, scale=20.0):
     return X, W
 
 
-@pytest.mark.parametrize("name", EMULATED)
+ZEROPOINT_X_ABSMAX_W = MethodSpec(
+    "zpx", "zeropoint X, absmax W", x_per_row=True, w_per_row=True, zeropoint=True, w_zeropoint=False, threshold=6.0
+)
+
+
+@pytest.mark.parametrize("name", [*EMULATED, "zeropoint-x-absmax-w"])
 def test_emulated_method_matches_float64_formula(name):
-    spec = METHODS[name]
+    spec = ZEROPOINT_X_ABSMAX_W if name == "zeropoint-x-absmax-w" else METHODS[name]
     X, W = _operands()
     lin = nn.Linear(W.shape[1], W.shape[0], bias=False)
     lin.weight.data = W.clone()

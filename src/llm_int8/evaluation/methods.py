@@ -59,6 +59,11 @@ class MethodSpec:
     zeropoint: bool = False
     threshold: float = 0.0
     outlier_weight: str = "float"
+    w_zeropoint: bool | None = None  # None: as ``zeropoint``; False: zeropoint X with absmax W
+
+    @property
+    def weight_zeropoint(self) -> bool:
+        return self.zeropoint if self.w_zeropoint is None else self.w_zeropoint
 
     def __post_init__(self) -> None:
         if self.outlier_weight not in ("float", "int8"):
@@ -139,7 +144,7 @@ class EmulatedInt8Linear(nn.Module):
         self.in_features = weight.shape[1]
         self.out_features = weight.shape[0]
         W = weight.detach().float()  # (out, in)
-        Wq = quantize_operand(W, per_row=spec.w_per_row, zeropoint=spec.zeropoint)
+        Wq = quantize_operand(W, per_row=spec.w_per_row, zeropoint=spec.weight_zeropoint)
         self.register_buffer("weight", W)
         self.register_buffer("weight_q", Wq.codes)
         self.register_buffer("weight_scale", Wq.scale)
