@@ -145,3 +145,35 @@ def test_rowwise_scaling_of_zero_and_denormal_rows_stays_finite(monkeypatch):
     A_i8, scale = q.rowwise_quantize(A)
     assert not torch.isnan(seen[0]).any()  # no 0 * inf before the cast hides it
     assert A_i8[1, 2] == INT8_MAX and torch.all(A_i8[0] == 0) and torch.all(A_i8[2] == 0)
+
+
+def test_zeropoint_degenerate_rows_are_well_defined():
+    """Constant, all-zero, near-constant and huge-range rows: finite step, |zp| <= 127, exact-ish values."""
+    rows = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 0.0],  # all zero
+            [2.5, 2.5, 2.5, 2.5],  # constant, positive
+            [-7.0, -7.0, -7.0, -7.0],  # constant, negative
+            [1000.0, 1000.0001, 1000.0, 1000.0001],  # nearly constant far from 0
+            [-3e38, 3e38, 0.0, 1.0],  # max - min overflows float32
+        ]
+    )
+    A_q, scale, zp = zeropoint_quantize(rows, dim=1)
+    assert torch.isfinite(scale).all() and (scale > 0).all()
+    assert (zp.abs() <= 127).all() and A_q.min() >= -127
+    back = dequantize(A_q, scale, zp, dim=1)
+    assert torch.equal(back[0], rows[0])
+    torch.testing.assert_close(back[1:3], rows[1:3])  # a constant row is its range's end: exact
+    # the range always holds 0, so the error is at most one step of max(|A|) / 127
+    err = (back - rows).abs()
+    assert torch.all(err <= rows.abs().amax(dim=1, keepdim=True) / 127 * (1 + 1e-5))
+
+
+def test_zeropoint_params_is_the_shared_definition():
+    from llm_int8.primitives import zeropoint_params
+
+    nd, zp = zeropoint_params(torch.tensor([3.0, 5.0, 0.0]), torch.tensor([-1.0, 1.0, 0.0]))
+    assert nd.dtype == torch.float32 and zp.dtype == torch.float32
+    assert nd[0].item() == pytest.approx(254 / 4) and zp[0].item() == -round(254 / 4 * -1.0) - 127
+    assert nd[1].item() == pytest.approx(254 / 5) and zp[1].item() == -127  # [1, 5] widened to [0, 5]
+    assert nd[2].item() == 1.0 and zp[2].item() == -127  # all-zero range

@@ -4,10 +4,11 @@ Nothing here picks a device or a kernel; ``llm_int8.ops`` does.
 """
 
 from .outliers import outlier_columns
-from .quantize import INT8_MAX, absmax_quantize, dequantize, rowwise_quantize, zeropoint_quantize
-from .reference import int8_linear_reference, int8_matmul_reference
+from .quantize import INT8_MAX, absmax_quantize, dequantize, rowwise_quantize, zeropoint_params, zeropoint_quantize
+from .reference import ACTIVATION_QUANTIZERS, int8_linear_reference, int8_matmul_reference
 
 __all__ = [
+    "ACTIVATION_QUANTIZERS",
     "INT8_MAX",
     "absmax_quantize",
     "dequantize",
@@ -15,6 +16,7 @@ __all__ = [
     "int8_matmul_reference",
     "outlier_columns",
     "rowwise_quantize",
+    "zeropoint_params",
     "zeropoint_quantize",
 ]
 

@@ -17,6 +17,7 @@ __all__ = [
     "INT8_MAX",
     "absmax_quantize",
     "rowwise_quantize",
+    "zeropoint_params",
     "zeropoint_quantize",
     "dequantize",
 ]
@@ -24,7 +25,7 @@ __all__ = [
 INT8_MAX = 127
 """Largest int8 code used; the paper's 127 in ``s = 127 / max|A|``."""
 
-_TINY = torch.finfo(torch.float32).tiny  # guards the zeropoint range (max - min) against zero
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def _round_to_int8(A_scaled: torch.Tensor) -> torch.Tensor:
@@ -75,24 +76,44 @@ def rowwise_quantize(A: torch.Tensor, dim: int | None = -1) -> tuple[torch.Tenso
     return A_i8, absmax / INT8_MAX
 
 
+def zeropoint_params(hi: torch.Tensor, lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nd, zp)`` of zeropoint quantization for the range ``[lo, hi]`` widened to include 0.
+
+    ``nd = 2*127 / (max(hi, 0) - min(lo, 0))`` and ``zp = -round(nd * min(lo, 0)) - 127``, both
+    float32 (``zp`` integer-valued). Widening the range to hold 0 (as PyTorch's and ONNX's
+    observers do) changes nothing for data that spans 0 (hidden states, weights), and makes the
+    codes well defined everywhere else: 0 is exactly the code ``zp``, ``|zp| <= 127``, and
+    ``nd * A + zp`` stays within [-127, 127] without cancellation. Without it a constant or nearly
+    constant row far from 0 (``[1000, 1000.0001]``) gets ``nd`` ~ 4e6 and a ``zp`` beyond int32.
+    An all-zero range gets ``nd = 1``; a denormal one saturates ``nd`` at the float32 maximum.
+    The range is formed in float64, so ``max - min`` cannot overflow.
+    """
+    hi = hi.float().clamp_min(0)
+    lo = lo.float().clamp_max(0)
+    width = hi.double() - lo.double()
+    nd = torch.where(width > 0, (2 * INT8_MAX) / width, 1.0).clamp_max(_FLOAT32_MAX).float()
+    zp = -(nd * lo).round() - INT8_MAX
+    return nd, zp
+
+
 def zeropoint_quantize(A: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric (zeropoint) quantization, tensor-wise (``dim=None``) or per slice along ``dim``.
 
     ``nd_a = 2*127 / (max A - min A)``, ``zp_a = -round(nd_a * min A) - 127``,
-    ``A_q = round(nd_a * A + zp_a)``; dequantize ``(A_q - zp_a) / nd_a``.
+    ``A_q = round(nd_a * A + zp_a)``; dequantize ``(A_q - zp_a) / nd_a``. The range is widened to
+    include 0 (see ``zeropoint_params``), which is the paper's formula for any ``A`` that spans 0.
 
     Returns ``(A_q, scale, zero_point)`` with ``scale = 1 / nd_a`` (float32) and ``zero_point``
-    integer-valued (int32) so that ``A ≈ (A_q - zero_point) * scale``. ``A_q`` spans the full
-    [-127, 127] range whatever the sign balance of ``A``, which is what makes zeropoint better than
-    absmax on one-sided distributions such as post-GeLU activations.
+    integer-valued (int32, in [-127, 127]) so that ``A ≈ (A_q - zero_point) * scale``. ``A_q``
+    spans the full [-127, 127] range whatever the sign balance of ``A``, which is what makes
+    zeropoint better than absmax on one-sided distributions such as post-GeLU activations.
     """
     A = A.float()
     if dim is None:
         hi, lo = A.amax(), A.amin()
     else:
         hi, lo = A.amax(dim=dim, keepdim=True), A.amin(dim=dim, keepdim=True)
-    nd = (2 * INT8_MAX) / (hi - lo).clamp_min(_TINY)
-    zp = -(nd * lo).round() - INT8_MAX
+    nd, zp = zeropoint_params(hi, lo)
     A_q = _round_to_int8(A * nd + zp)
     if dim is not None:
         nd, zp = nd.squeeze(dim), zp.squeeze(dim)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import torch
 
 from .outliers import outlier_columns
-from .quantize import rowwise_quantize
+from .quantize import rowwise_quantize, zeropoint_quantize
 
-__all__ = ["int8_matmul_reference", "int8_linear_reference"]
+__all__ = ["ACTIVATION_QUANTIZERS", "int8_matmul_reference", "int8_linear_reference"]
+
+ACTIVATION_QUANTIZERS = ("absmax", "zeropoint")
+"""How ``X`` is quantized per token: symmetric absmax (the paper's LLM.int8()) or asymmetric zeropoint."""
 
 
 def int8_matmul_reference(A_i8: torch.Tensor, B_i8: torch.Tensor) -> torch.Tensor:
@@ -33,6 +36,7 @@ def int8_linear_reference(
     s_w: torch.Tensor,
     bias: torch.Tensor | None = None,
     threshold: float = 6.0,
+    activation: str = "absmax",
 ) -> torch.Tensor:
     """LLM.int8() ``C = X W^T + b``, written out as in the paper, in float64.
 
@@ -41,12 +45,24 @@ def int8_linear_reference(
     the outlier columns removed, and ``W ≈ W_i8 * s_w`` the stored vector-wise weight. The outlier
     part uses the dequantized weight columns, since only the int8 weight is stored.
 
+    ``activation="zeropoint"`` quantizes each row of ``X`` asymmetrically instead
+    (``zeropoint_quantize``: codes ``X_q``, step ``s_x``, zero point ``zp_x``), and the int8 part
+    becomes ``(s_x ⊗ s_w) · Σ_{h∉O} (X_q^h - zp_x) W_i8^h``.
+
     ``X``: (M, K) float; ``W_i8``: (N, K) int8; ``s_w``: (N,) float. Returns (M, N) in X's dtype.
     """
+    if activation not in ACTIVATION_QUANTIZERS:
+        raise ValueError(f"activation must be one of {ACTIVATION_QUANTIZERS}, got {activation!r}")
     O = outlier_columns(X, threshold)  # (K,) bool
     X_regular = X.masked_fill(O, 0)  # (M, K), outlier columns removed
-    X_i8, s_x = rowwise_quantize(X_regular, dim=-1)  # (M, K) int8, (M,)
-    C = int8_matmul_reference(X_i8, W_i8).double() * (s_x.double()[:, None] * s_w.double()[None, :])
+    if activation == "absmax":
+        X_i8, s_x = rowwise_quantize(X_regular, dim=-1)  # (M, K) int8, (M,)
+        C_int = int8_matmul_reference(X_i8, W_i8).double()
+    else:
+        X_q, s_x, zp_x = zeropoint_quantize(X_regular, dim=-1)  # (M, K) int8, (M,), (M,)
+        # exact in float64: every partial sum is an integer below K * 254 * 127 < 2**53
+        C_int = (X_q.double() - zp_x.double()[:, None]) @ W_i8.double().T
+    C = C_int * (s_x.double()[:, None] * s_w.double()[None, :])
     W_outlier = W_i8[:, O].double() * s_w.double()[:, None]  # (N, |O|) dequantized columns
     C = C + X[:, O].double() @ W_outlier.T
     if bias is not None:
