@@ -103,6 +103,7 @@ def test_a_bare_linear_is_pointed_to_from_linear():
         ({"threshold": "6"}, "number"),
         ({"skip_modules": ("",)}, "skip_modules"),
         ({"skip_modules": (3,)}, "skip_modules"),
+        ({"activation": "symmetric"}, "activation must be one of"),
     ],
 )
 def test_config_is_validated(kwargs, match):
@@ -134,3 +135,10 @@ def test_gpt2_conv1d_model_is_converted():
     assert len(report.converted) == 2 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block
     assert "lm_head" in report.skipped  # tied to wte and named lm_head
     assert ((out - ref).norm() / ref.norm()) < 0.05
+
+
+def test_activation_reaches_every_converted_layer():
+    model = quantize_model(_Toy(), activation="zeropoint")
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert layers and all(m.activation == "zeropoint" for m in layers)
+    assert all(m.activation == "absmax" for m in quantize_model(_Toy()).modules() if isinstance(m, Int8Linear))

@@ -110,3 +110,16 @@ def test_saved_model_still_converts_as_noop(tmp_path):
     before = copy.deepcopy(reloaded.state_dict())
     quantize_model(reloaded)
     assert all(torch.equal(before[k], v) for k, v in reloaded.state_dict().items())
+
+
+def test_zeropoint_activation_is_saved_and_restored(tmp_path):
+    model = quantize_model(tiny_model("llama"), threshold=5.0, activation="zeropoint")
+    out = llm_int8.save_pretrained(model, tmp_path / "int8")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["activation"] == "zeropoint" and qc["threshold"] == 5.0
+    reloaded = llm_int8.from_pretrained(out, progress=False)
+    assert {m.activation for m in reloaded.modules() if isinstance(m, Int8Linear)} == {"zeropoint"}
+    torch.testing.assert_close(logits(reloaded), logits(model), rtol=0, atol=0)
+    # the caller can override the saved choice; the stored weights are the same for both
+    absmax = llm_int8.from_pretrained(out, progress=False, activation="absmax")
+    assert {m.activation for m in absmax.modules() if isinstance(m, Int8Linear)} == {"absmax"}

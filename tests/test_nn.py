@@ -27,12 +27,13 @@ def test_from_linear_stores_only_int8_weight_and_float32_scales():
     assert torch.all(err <= q.weight_scale[:, None] / 2 * (1 + 1e-5))
 
 
-def test_forward_is_the_llm_int8_reference():
+@pytest.mark.parametrize("activation", ["absmax", "zeropoint"])
+def test_forward_is_the_llm_int8_reference(activation):
     lin = _linear()
-    q = Int8Linear.from_linear(lin, threshold=6.0)
-    X = torch.randn(11, 40)
+    q = Int8Linear.from_linear(lin, threshold=6.0, activation=activation)
+    X = torch.randn(11, 40) + 0.3
     X[:, 7] *= 20
-    ref = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0)
+    ref = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation=activation)
     torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
 
 
@@ -101,6 +102,8 @@ def test_bad_construction_is_refused():
         Int8Linear(4, 4, threshold=float("nan"))
     with pytest.raises(ValueError, match="positive"):
         Int8Linear(0, 4)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        Int8Linear(4, 4, activation="asym")
     lin = _linear()
     with torch.no_grad():
         lin.weight[0, 0] = float("nan")
@@ -131,3 +134,18 @@ def test_frozen_weight_gradient_reaches_an_adapter_below():
     rel = (grad_int8 - adapter.weight.grad).norm() / adapter.weight.grad.norm()
     assert rel < 0.03
     assert q.weight_int8.grad is None and not q.bias.requires_grad
+
+
+def test_zeropoint_layer_saves_the_same_state_and_follows_weight_changes():
+    lin = _linear()
+    q = Int8Linear.from_linear(lin, activation="zeropoint")
+    assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias"}  # row sums are derived, not saved
+    assert "activation=zeropoint" in repr(q)
+    X = torch.randn(7, 40) + 1.0
+    before = q(X)
+    # the cached row sums follow an in-place write to the weight (load_state_dict copies in place)
+    other = Int8Linear.from_linear(_linear(), activation="zeropoint")
+    q.load_state_dict(other.state_dict())
+    assert torch.equal(q(X), other(X)) and not torch.equal(q(X), before)
+    ref = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation="zeropoint")
+    torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())

@@ -9,6 +9,7 @@ from llm_int8.ops import int8_linear, int8_mm
 from llm_int8.primitives import int8_linear_reference, int8_matmul_reference, rowwise_quantize
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+ACTIVATIONS = ["absmax", "zeropoint"]
 # int8_linear vs int8_linear_reference: the same quantization, float32 vs float64 denormalization,
 # then rounding to the output dtype; so the tolerance is the output dtype's resolution.
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
@@ -65,14 +66,17 @@ def test_int8_mm_rejects_bad_operands():
         int8_mm(torch.zeros(2, 4, dtype=torch.int8), torch.zeros(3, 5, dtype=torch.int8))
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
 @pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
 @pytest.mark.parametrize("M,K,N", [(1, 64, 48), (19, 77, 45), (256, 576, 1536)])
-def test_int8_linear_matches_reference(dtype, threshold, M, K, N):
+def test_int8_linear_matches_reference(dtype, threshold, M, K, N, activation):
     _, W_i8, s_w, b = _layer(K, N)
     X = _planted(M, K).to(dtype)
-    Y = int8_linear(X, W_i8, s_w, b.to(dtype), threshold)
-    ref = int8_linear_reference(X.double(), W_i8, s_w, b.to(dtype), threshold)
+    if activation == "zeropoint":
+        X = X + 0.5  # rows not centred on 0, so the zero points are not all 0
+    Y = int8_linear(X, W_i8, s_w, b.to(dtype), threshold, activation=activation)
+    ref = int8_linear_reference(X.double(), W_i8, s_w, b.to(dtype), threshold, activation=activation)
     assert Y.dtype == dtype and Y.shape == (M, N)
     scale = ref.abs().max().item()
     torch.testing.assert_close(Y.double(), ref, rtol=0, atol=TOLERANCE[dtype] * scale)
@@ -96,30 +100,34 @@ def test_no_outliers_means_decomposition_changes_nothing():
     assert torch.equal(int8_linear(X, W_i8, s_w, b, 6.0), int8_linear(X, W_i8, s_w, b, 0.0))
 
 
-def test_leading_dimensions_and_empty_batch():
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_leading_dimensions_and_empty_batch(activation):
     _, W_i8, s_w, b = _layer(40, 24)
     X = _planted(2 * 3 * 5, 40)
-    Y3 = int8_linear(X.view(2, 3, 5, 40), W_i8, s_w, b)
+    Y3 = int8_linear(X.view(2, 3, 5, 40), W_i8, s_w, b, activation=activation)
     assert Y3.shape == (2, 3, 5, 24)
     # per-token quantization: the result for a token doesn't depend on the batch layout
-    torch.testing.assert_close(Y3.reshape(-1, 24), int8_linear(X, W_i8, s_w, b), rtol=0, atol=0)
-    empty = int8_linear(torch.randn(0, 7, 40), W_i8, s_w, b)
+    Y2 = int8_linear(X, W_i8, s_w, b, activation=activation)
+    torch.testing.assert_close(Y3.reshape(-1, 24), Y2, rtol=0, atol=0)
+    empty = int8_linear(torch.randn(0, 7, 40), W_i8, s_w, b, activation=activation)
     assert empty.shape == (0, 7, 24)
 
 
-def test_all_zero_rows_give_the_bias_and_no_nan():
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_all_zero_rows_give_the_bias_and_no_nan(activation):
     _, W_i8, s_w, b = _layer(32, 16)
     X = torch.randn(4, 32)
     X[2] = 0
-    Y = int8_linear(X, W_i8, s_w, b)
+    Y = int8_linear(X, W_i8, s_w, b, activation=activation)
     assert torch.isfinite(Y).all()
     torch.testing.assert_close(Y[2], b)
-    Y0 = int8_linear(torch.zeros(3, 32), W_i8, s_w, None)
+    Y0 = int8_linear(torch.zeros(3, 32), W_i8, s_w, None, activation=activation)
     assert torch.equal(Y0, torch.zeros(3, 16))
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
-def test_nan_and_inf_propagate_like_nn_linear(threshold):
+def test_nan_and_inf_propagate_like_nn_linear(threshold, activation):
     K, N = 32, 12
     W, W_i8, s_w, b = _layer(K, N)
     linear = torch.nn.Linear(K, N)
@@ -130,7 +138,7 @@ def test_nan_and_inf_propagate_like_nn_linear(threshold):
     X[1, 4] = float("nan")
     X[3, 9] = float("inf")
     X[4, 9] = -float("inf")
-    Y = int8_linear(X, W_i8, s_w, b, threshold)
+    Y = int8_linear(X, W_i8, s_w, b, threshold, activation=activation)
     expected = linear(X)
     assert torch.equal(torch.isnan(Y), torch.isnan(expected))
     assert torch.equal(torch.isinf(Y), torch.isinf(expected))
@@ -153,14 +161,17 @@ def test_bad_inputs_name_what_was_wrong():
         int8_linear(torch.randn(4, 32), W_i8, s_w[:-1], b)
     with pytest.raises(ValueError, match="bias"):
         int8_linear(torch.randn(4, 32), W_i8, s_w, b[:-1])
+    with pytest.raises(ValueError, match="activation must be one of .*absmax.*zeropoint.*'minmax'"):
+        int8_linear(torch.randn(4, 32), W_i8, s_w, b, activation="minmax")
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_ids)
-def test_gradient_flows_to_the_input(dtype):
+def test_gradient_flows_to_the_input(dtype, activation):
     K, N = 48, 20
     W, W_i8, s_w, b = _layer(K, N)
     X = _planted(9, K).to(dtype).requires_grad_()
-    Y = int8_linear(X, W_i8, s_w, b.to(dtype))
+    Y = int8_linear(X, W_i8, s_w, b.to(dtype), activation=activation)
     G = torch.randn_like(Y)
     (Y * G).sum().backward()
     assert X.grad.dtype == dtype
@@ -179,3 +190,47 @@ def test_trainable_bias_receives_its_gradient():
     X = torch.randn(5, 16)
     int8_linear(X, W_i8, s_w, bias).sum().backward()
     torch.testing.assert_close(bias.grad, torch.full((8,), 5.0))
+
+
+def test_zeropoint_activations_are_the_same_codes_as_the_primitive():
+    """The fused quantizer of int8_linear is zeropoint_quantize of X with the outlier columns zeroed."""
+    from llm_int8.ops.int8_linear import _quantize_activations_zeropoint
+    from llm_int8.primitives import outlier_columns, zeropoint_quantize
+
+    X = _planted(64, 96) + torch.rand(64, 1) * 3  # rows shifted by different amounts
+    X[5] = 0  # an all-zero row
+    X[7] = 2.5  # a constant row (after the outlier columns are removed it spans [0, 2.5])
+    for threshold in (0.0, 6.0):
+        codes, s_x, zp_x, outlier_idx = _quantize_activations_zeropoint(X, threshold)
+        O = outlier_columns(X, threshold)
+        q, scale, zp = zeropoint_quantize(X.masked_fill(O, 0), dim=-1)
+        assert torch.equal(outlier_idx, O.nonzero().squeeze(1))
+        assert torch.equal(codes, q.float())
+        assert torch.equal(s_x, scale) and torch.equal(zp_x, zp.float())
+        assert torch.equal(codes[:, O], zp_x[:, None].expand(-1, int(O.sum())))  # code of 0 in O
+
+
+def test_zeropoint_activations_halve_the_error_on_skewed_rows():
+    """On rows that are not centred on 0 (as after RMSNorm with a one-sided outlier dim, or after
+    SiLU), asymmetric codes use the whole int8 range; absmax wastes the unused sign."""
+    K, N, M = 512, 256, 64
+    W, W_i8, s_w, _ = _layer(K, N)
+    X = torch.randn(M, K).abs() * 0.5  # one-sided, as post-ReLU inputs are
+    X[:, 7] = 3.0  # a one-sided feature dim below the threshold sets every row's range
+    dequant = X.double() @ (W_i8.double() * s_w.double()[:, None]).T  # the weight error is common to both
+    err_abs = _rel_err(int8_linear(X, W_i8, s_w, None, 6.0, activation="absmax"), dequant)
+    err_zp = _rel_err(int8_linear(X, W_i8, s_w, None, 6.0, activation="zeropoint"), dequant)
+    assert err_zp < 0.6 * err_abs  # half the step: about half the error
+
+
+def test_zeropoint_uses_the_row_sums_it_is_given():
+    from llm_int8.ops import compute_weight_row_sums
+
+    _, W_i8, s_w, b = _layer(32, 16)
+    X = torch.randn(5, 32) + 1
+    r_w = compute_weight_row_sums(W_i8)
+    assert r_w.dtype == torch.float32 and torch.equal(r_w, W_i8.sum(1).float())
+    Y = int8_linear(X, W_i8, s_w, b, activation="zeropoint", weight_row_sums=r_w)
+    assert torch.equal(Y, int8_linear(X, W_i8, s_w, b, activation="zeropoint"))
+    Y_wrong = int8_linear(X, W_i8, s_w, b, activation="zeropoint", weight_row_sums=r_w + 1)
+    assert not torch.allclose(Y, Y_wrong)

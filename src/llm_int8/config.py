@@ -5,10 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_SKIP_MODULES", "DEFAULT_THRESHOLD", "Int8Config"]
+from .primitives.reference import ACTIVATION_QUANTIZERS
+
+__all__ = ["ACTIVATION_QUANTIZERS", "DEFAULT_ACTIVATION", "DEFAULT_SKIP_MODULES", "DEFAULT_THRESHOLD", "Int8Config"]
 
 DEFAULT_THRESHOLD = 6.0
 """α of the paper: hidden-state magnitude from which a feature dim is an outlier."""
+
+DEFAULT_ACTIVATION = "absmax"
+"""The paper's per-token absmax quantization of the activations."""
 
 DEFAULT_SKIP_MODULES: tuple[str, ...] = ("lm_head",)
 """Modules kept in float by default: the output projection, as in bitsandbytes and the paper."""
@@ -20,10 +25,14 @@ class Int8Config:
 
     ``threshold``: outlier threshold α (>= 0; 0 disables the decomposition, pure vector-wise int8).
     ``skip_modules``: module names (or name suffixes, matched on ``.`` boundaries) to keep in float.
+    ``activation``: ``"absmax"`` (the paper's symmetric per-token codes) or ``"zeropoint"``
+    (asymmetric per-token codes: twice the resolution on skewed rows, at one rank-1 update per
+    call; see ``llm_int8.ops.int8_linear``). The stored int8 weight is the same for both.
     """
 
     threshold: float = DEFAULT_THRESHOLD
     skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES  # a str or list is accepted and normalised
+    activation: str = DEFAULT_ACTIVATION
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
@@ -37,6 +46,8 @@ class Int8Config:
         for name in skip:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"skip_modules must hold non-empty module names, got {name!r}")
+        if self.activation not in ACTIVATION_QUANTIZERS:
+            raise ValueError(f"activation must be one of {ACTIVATION_QUANTIZERS}, got {self.activation!r}")
         object.__setattr__(self, "threshold", float(self.threshold))
         object.__setattr__(self, "skip_modules", skip)
 

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from ._args import positive_int, threshold
+from ._args import add_int8_options, positive_int
 
 __all__ = ["register"]
 
@@ -43,7 +43,9 @@ def _cmd_demo(args) -> int:
     print(f"loaded in {time.perf_counter() - t0:.1f} s", flush=True)
 
     int8_model = copy.deepcopy(model)
-    int8_model, report = quantize_model(int8_model, threshold=args.threshold, progress=True, return_report=True)
+    int8_model, report = quantize_model(
+        int8_model, threshold=args.threshold, activation=args.activation, progress=True, return_report=True
+    )
     print(report.summary())
 
     mem_fp32 = linear_memory(model)
@@ -95,7 +97,7 @@ def register(sub) -> None:
     demo.add_argument(
         "--model", help="local HF directory, .gguf file or hub id (default: bundled SmolLM2-135M-Instruct)"
     )
-    demo.add_argument("--threshold", type=threshold, default=6.0, help="outlier threshold α (default 6.0)")
+    add_int8_options(demo)
     demo.add_argument("--prompt", action="append", help="a prompt (repeatable; default: three built-in prompts)")
     demo.add_argument("--max-new-tokens", type=positive_int, default=32)
     demo.add_argument("--text", help="text file for a perplexity comparison (e.g. ../shared/data/wikitext-2/test.txt)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._args import positive_int, threshold
+from ._args import add_int8_options, positive_int
 from .demo import greedy
 
 __all__ = ["register"]
@@ -20,7 +20,7 @@ def _cmd_generate(args) -> int:
         model, tokenizer = load_model(args.model, dtype=torch.float32)
     else:
         name, extra = resolve_model_source(args.model)
-        model = from_pretrained(args.model, threshold=args.threshold)
+        model = from_pretrained(args.model, threshold=args.threshold, activation=args.activation)
         tokenizer = AutoTokenizer.from_pretrained(name, **extra)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -35,7 +35,7 @@ def register(sub) -> None:
         help="local HF directory (float or saved int8), .gguf file or hub id (default: bundled SmolLM2-135M-Instruct)",
     )
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--threshold", type=threshold, default=None, help="default: the checkpoint's, else 6.0")
+    add_int8_options(gen, from_checkpoint=True)
     gen.add_argument("--max-new-tokens", type=positive_int, default=64)
     gen.add_argument("--no-int8", action="store_true", help="run the float model, for comparison")
     gen.set_defaults(func=_cmd_generate)

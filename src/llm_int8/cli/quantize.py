@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._args import threshold
+from ._args import add_int8_options
 
 __all__ = ["register"]
 
@@ -34,7 +34,9 @@ def _cmd_quantize(args) -> int:
         # checked before the (long) load; the save checks again and writes atomically
         print(f"llm-int8 quantize: error: {out_dir} exists and is not empty (use --overwrite)", file=sys.stderr)
         return 2
-    model = from_pretrained(args.src, threshold=args.threshold, skip_modules=args.skip or None, dtype=args.dtype)
+    model = from_pretrained(
+        args.src, threshold=args.threshold, skip_modules=args.skip or None, dtype=args.dtype, activation=args.activation
+    )
     tokenizer = _tokenizer_or_none(args.src)
     save = save_bitsandbytes if args.format == "bitsandbytes" else save_pretrained
     out = save(model, args.out_dir, tokenizer=tokenizer, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
@@ -44,7 +46,8 @@ def _cmd_quantize(args) -> int:
     print(
         f"wrote {out} ({args.format} format, {on_disk / 2**20:.1f} MiB of weights): "
         f"linear layers {mem['int8'] / 2**20:.1f} MiB int8 (scales included) + {mem['float'] / 2**20:.1f} MiB "
-        f"float in {len(qconfig.modules_to_not_convert or [])} layers kept in float; threshold {qconfig.threshold}"
+        f"float in {len(qconfig.modules_to_not_convert or [])} layers kept in float; "
+        f"threshold {qconfig.threshold}, {qconfig.activation} activations"
     )
     return 0
 
@@ -53,7 +56,7 @@ def register(sub) -> None:
     q = sub.add_parser("quantize", help="write an int8 checkpoint of a model (streaming conversion)")
     q.add_argument("src", help="local HF directory, .gguf file, or hub id")
     q.add_argument("out_dir", help="folder to create (written atomically)")
-    q.add_argument("--threshold", type=threshold, default=None, help="outlier threshold α (default 6.0)")
+    add_int8_options(q, from_checkpoint=True)
     q.add_argument(
         "--skip", nargs="+", metavar="NAME", help="extra layers kept in float, added to lm_head / tied embeddings"
     )

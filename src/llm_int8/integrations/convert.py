@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, Int8Config
+from ..config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, Int8Config
 from ..nn import Int8Linear
 
 __all__ = ["ConversionReport", "linear_memory", "quantize_model"]
@@ -74,6 +74,7 @@ def quantize_model(
     threshold: float = DEFAULT_THRESHOLD,
     skip_modules: tuple[str, ...] | list[str] = DEFAULT_SKIP_MODULES,
     *,
+    activation: str = DEFAULT_ACTIVATION,
     progress: bool = False,
     return_report: bool = False,
 ):
@@ -82,12 +83,13 @@ def quantize_model(
     A layer is kept in float when its name is (or ends in ``.`` + ) a name in ``skip_modules``, or
     when its weight is shared with another module (a tied output embedding): quantizing it would
     untie it or quantize the embedding too. Already-int8 layers are left as they are, so converting
-    twice is a no-op. Works on any ``nn.Module``.
+    twice is a no-op. Works on any ``nn.Module``. ``threshold`` and ``activation`` are those of
+    ``Int8Config``.
 
     Returns ``model``, or ``(model, ConversionReport)`` with ``return_report=True``; the report's
     summary is also logged at INFO level.
     """
-    config = Int8Config(threshold=threshold, skip_modules=skip_modules)
+    config = Int8Config(threshold=threshold, skip_modules=skip_modules, activation=activation)
     shared = _shared_parameter_ids(model)
     targets: list[tuple[str, nn.Module]] = []
     skipped: dict[str, str] = {}
@@ -107,7 +109,7 @@ def quantize_model(
     bytes_before = sum(_tensor_bytes(m) for _, m in targets)
     bytes_after = 0
     for name, module in tqdm(targets, desc="quantizing linear layers", unit="layer", disable=not progress):
-        int8_module = Int8Linear.from_linear(module, threshold=config.threshold)
+        int8_module = Int8Linear.from_linear(module, threshold=config.threshold, activation=config.activation)
         int8_module.train(module.training)
         _set_submodule(model, name, int8_module)
         bytes_after += int8_module.memory_bytes()

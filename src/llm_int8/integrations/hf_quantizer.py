@@ -29,7 +29,7 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..config import DEFAULT_THRESHOLD, Int8Config
+from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, Int8Config
 from ..nn import Int8Linear
 from ..primitives import rowwise_quantize
 from .convert import _set_submodule
@@ -55,7 +55,8 @@ _NO_DISK_ON_THE_FLY = (
 class LLMInt8Config(QuantizationConfigMixin):
     """Quantization config for LLM.int8(), usable as transformers' ``quantization_config``.
 
-    ``threshold``: outlier threshold α. ``skip_modules``: the user's extra layer names (or name
+    ``threshold``: outlier threshold α. ``activation``: ``"absmax"`` or ``"zeropoint"`` per-token
+    activation codes (``Int8Config.activation``). ``skip_modules``: the user's extra layer names (or name
     suffixes) to keep in float, added to the automatic list (``lm_head``, tied output embeddings).
     ``modules_to_not_convert``: the resolved list of float linear layers, filled in when a model is
     quantized and saved with it, so a reload rebuilds exactly the same split.
@@ -68,6 +69,7 @@ class LLMInt8Config(QuantizationConfigMixin):
         skip_modules: list[str] | tuple[str, ...] | None = None,
         modules_to_not_convert: list[str] | None = None,
         format_version: int = FORMAT_VERSION,
+        activation: str = DEFAULT_ACTIVATION,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("quant_method", None)
@@ -76,7 +78,9 @@ class LLMInt8Config(QuantizationConfigMixin):
         if skip_modules is not None and not skip_modules:
             skip_modules = None
         # validates threshold and names the same way as quantize_model
-        checked = Int8Config(threshold=threshold, skip_modules=tuple(skip_modules or ("lm_head",)))
+        checked = Int8Config(
+            threshold=threshold, skip_modules=tuple(skip_modules or ("lm_head",)), activation=activation
+        )
         if not isinstance(format_version, int) or format_version < 1:
             raise ValueError(f"format_version must be a positive int, got {format_version!r}")
         if format_version > FORMAT_VERSION:
@@ -86,6 +90,7 @@ class LLMInt8Config(QuantizationConfigMixin):
             )
         self.quant_method = QUANT_METHOD
         self.threshold = checked.threshold
+        self.activation = checked.activation
         self.skip_modules = list(skip_modules) if skip_modules is not None else None
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
         self.format_version = format_version
@@ -94,6 +99,7 @@ class LLMInt8Config(QuantizationConfigMixin):
         return {
             "quant_method": QUANT_METHOD,
             "threshold": self.threshold,
+            "activation": self.activation,
             "skip_modules": self.skip_modules,
             "modules_to_not_convert": self.modules_to_not_convert,
             "format_version": self.format_version,
@@ -135,6 +141,7 @@ class _QuantizeOnLoad(ConversionOps):
                 bias=bias is not None,
                 threshold=self.hf_quantizer.quantization_config.threshold,
                 device="meta",
+                activation=self.hf_quantizer.quantization_config.activation,
             )
             if bias is not None:
                 new.bias = bias  # already loaded (keys arrive sorted, bias first) or filled in later
@@ -179,7 +186,9 @@ class LLMInt8HfQuantizer(HfQuantizer):
         cfg.modules_to_not_convert = kept
         if self.pre_quantized:
             dtype = kwargs.get("dtype")
-            swap_linears_on_meta(model, to_int8, cfg.threshold, bias_dtype=dtype if dtype else None)
+            swap_linears_on_meta(
+                model, to_int8, cfg.threshold, bias_dtype=dtype if dtype else None, activation=cfg.activation
+            )
             _mark_initialized(model, to_int8)
         else:
             self._targets = set(to_int8)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import DEFAULT_THRESHOLD, Int8Config
+from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, Int8Config
 from ..nn import Int8Linear
 from ..primitives.quantize import INT8_MAX
 from .checkpoint import CheckpointError, CheckpointShards
@@ -258,6 +258,7 @@ def from_pretrained(
     progress: bool = True,
     offload_folder: str | os.PathLike | None = None,
     auto_class=None,
+    activation: str | None = None,
     **kwargs,
 ):
     """Load a Hugging Face causal LM with its linear layers as ``Int8Linear``, streaming the weights.
@@ -268,6 +269,8 @@ def from_pretrained(
     converted), or a hub id.
 
     ``threshold``: outlier threshold α; ``None`` uses the checkpoint's saved value, else 6.0.
+    ``activation``: ``"absmax"`` or ``"zeropoint"`` (``Int8Config.activation``); ``None`` uses the
+    checkpoint's saved value, else ``"absmax"``.
     ``skip_modules``: extra layer names (or suffixes) kept in float, *added* to the automatic ones
     (``lm_head``, tied output embeddings). ``dtype``: compute dtype of the float parts; default is
     the checkpoint's (a bf16 checkpoint stays bf16). ``device_map`` / ``max_memory``: as in
@@ -283,7 +286,7 @@ def from_pretrained(
     auto_class = auto_class or AutoModelForCausalLM
     folder, gguf_kwargs = _local_folder(model, kwargs)
     if folder is None:
-        return _from_gguf(model, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress)
+        return _from_gguf(model, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation)
 
     config = AutoConfig.from_pretrained(folder, **kwargs)
     saved_q = getattr(config, "quantization_config", None)
@@ -310,6 +313,8 @@ def from_pretrained(
         auto_skip = list(saved.modules_to_not_convert or automatic_skip_modules(hf_model))
         if threshold is None:
             threshold = saved.threshold
+        if activation is None:
+            activation = saved.activation
         user_skip = list(saved.skip_modules or [])
     elif saved_q and saved_q.get("load_in_8bit"):
         auto_skip = automatic_skip_modules(hf_model) + list(saved_q.get("llm_int8_skip_modules") or [])
@@ -324,7 +329,11 @@ def from_pretrained(
     else:
         auto_skip = automatic_skip_modules(hf_model)
         user_skip = list(skip_modules or [])
-    threshold = Int8Config(threshold=DEFAULT_THRESHOLD if threshold is None else threshold).threshold
+    checked = Int8Config(
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        activation=DEFAULT_ACTIVATION if activation is None else activation,
+    )
+    threshold, activation = checked.threshold, checked.activation
 
     to_int8, kept = int8_targets(hf_model, auto_skip + user_skip)
     # a layer stored int8 in the checkpoint is int8 whatever the lists say
@@ -333,7 +342,7 @@ def from_pretrained(
     stored_int8 = {probe(k).rpartition(".")[0] for k in headers if probe(k) is not None}
     to_int8 = sorted(set(to_int8) | stored_int8)
     kept = sorted(all_linear - set(to_int8))
-    conv1d = set(swap_linears_on_meta(hf_model, to_int8, threshold, bias_dtype=dtype))
+    conv1d = set(swap_linears_on_meta(hf_model, to_int8, threshold, bias_dtype=dtype, activation=activation))
 
     # 2. device plan on the int8 skeleton
     device_map = plan_device_map(hf_model, device_map, max_memory, dtype)
@@ -445,7 +454,7 @@ def from_pretrained(
         if still_meta:
             raise CheckpointError(f"{folder}: tensors left unloaded: {still_meta[:10]}")
 
-    _attach_config(hf_model, threshold, user_skip, kept)
+    _attach_config(hf_model, threshold, user_skip, kept, activation)
     if device_map:
         hf_model.hf_device_map = device_map
         hf_model = dispatch(hf_model, device_map, offload_folder, offload_index)
@@ -455,10 +464,13 @@ def from_pretrained(
     return hf_model
 
 
-def _attach_config(model: nn.Module, threshold: float, user_skip, kept) -> None:
+def _attach_config(model: nn.Module, threshold: float, user_skip, kept, activation: str) -> None:
     """Record the quantization on the model so ``save_pretrained`` writes it to ``config.json``."""
     qconfig = LLMInt8Config(
-        threshold=threshold, skip_modules=list(user_skip or []) or None, modules_to_not_convert=kept
+        threshold=threshold,
+        skip_modules=list(user_skip or []) or None,
+        modules_to_not_convert=kept,
+        activation=activation,
     )
     model.config.quantization_config = qconfig
     model.hf_quantizer = LLMInt8HfQuantizer(qconfig, pre_quantized=True)
@@ -467,14 +479,15 @@ def _attach_config(model: nn.Module, threshold: float, user_skip, kept) -> None:
         model.config._is_quantized = True
 
 
-def _from_gguf(source, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress):
+def _from_gguf(source, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation):
     """GGUF: transformers dequantizes it to float on load; convert after (a GGUF is small anyway)."""
     name, extra = resolve_model_source(source)
     model = auto_class.from_pretrained(name, dtype=dtype or torch.float32, **extra)
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    activation = DEFAULT_ACTIVATION if activation is None else activation
     skip = automatic_skip_modules(model) + list(skip_modules or [])
     to_int8, kept = int8_targets(model, skip)
-    quantize_model(model, threshold=threshold, skip_modules=tuple(skip), progress=progress)
-    _attach_config(model, threshold, skip_modules, kept)
+    quantize_model(model, threshold=threshold, skip_modules=tuple(skip), progress=progress, activation=activation)
+    _attach_config(model, threshold, skip_modules, kept, activation)
     model.eval()
     return model

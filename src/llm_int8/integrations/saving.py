@@ -82,8 +82,11 @@ def _ensure_config(model: nn.Module) -> LLMInt8Config:
     thresholds = {m.threshold for m in layers.values()}
     if len(thresholds) > 1:
         raise ValueError(f"the Int8Linear layers use different thresholds {sorted(thresholds)}; the format holds one")
+    activations = {m.activation for m in layers.values()}
+    if len(activations) > 1:
+        raise ValueError(f"the Int8Linear layers use different activations {sorted(activations)}; the format holds one")
     kept = sorted(n for n, m in model.named_modules() if _is_linear(m))
-    qconfig = LLMInt8Config(threshold=thresholds.pop(), modules_to_not_convert=kept)
+    qconfig = LLMInt8Config(threshold=thresholds.pop(), modules_to_not_convert=kept, activation=activations.pop())
     model.config.quantization_config = qconfig
     model.hf_quantizer = LLMInt8HfQuantizer(qconfig, pre_quantized=True)
     return qconfig
@@ -152,6 +155,13 @@ def save_bitsandbytes(
     from transformers import BitsAndBytesConfig
 
     qconfig = _ensure_config(model)
+    if qconfig.activation != "absmax":
+        logger.warning(
+            "the bitsandbytes format has no activation setting: bitsandbytes will run these weights with "
+            "absmax activations, not %s (llm_int8.from_pretrained(dir, activation=%r) restores it)",
+            qconfig.activation,
+            qconfig.activation,
+        )
     bnb_config = BitsAndBytesConfig(
         load_in_8bit=True,
         llm_int8_threshold=qconfig.threshold,

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..config import DEFAULT_SKIP_MODULES, Int8Config
+from ..config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, Int8Config
 from ..nn import Int8Linear
 from .convert import _is_linear, _set_submodule
 
@@ -64,7 +64,11 @@ def int8_targets(model: nn.Module, skip_modules: Iterable[str]) -> tuple[list[st
 
 
 def swap_linears_on_meta(
-    model: nn.Module, names: Iterable[str], threshold: float, bias_dtype: torch.dtype | None = None
+    model: nn.Module,
+    names: Iterable[str],
+    threshold: float,
+    bias_dtype: torch.dtype | None = None,
+    activation: str = DEFAULT_ACTIVATION,
 ) -> list[str]:
     """Replace each named ``nn.Linear`` / ``Conv1D`` with an ``Int8Linear`` on the meta device.
 
@@ -83,7 +87,15 @@ def swap_linears_on_meta(
             in_features, out_features = old.in_features, old.out_features
         has_bias = getattr(old, "bias", None) is not None
         dtype = bias_dtype or (old.bias.dtype if has_bias else None)
-        new = Int8Linear(in_features, out_features, bias=has_bias, threshold=threshold, device="meta", dtype=dtype)
+        new = Int8Linear(
+            in_features,
+            out_features,
+            bias=has_bias,
+            threshold=threshold,
+            device="meta",
+            dtype=dtype,
+            activation=activation,
+        )
         new.train(old.training)
         _set_submodule(model, name, new)
     return conv1d

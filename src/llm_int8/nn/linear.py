@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import PackedWeightCache, int8_linear
-from ..primitives import rowwise_quantize
+from ..ops import PackedWeightCache, compute_weight_row_sums, int8_linear
+from ..primitives import ACTIVATION_QUANTIZERS, rowwise_quantize
 
 __all__ = ["Int8Linear"]
 
@@ -21,7 +21,10 @@ class Int8Linear(nn.Module):
     * ``bias``: (out_features,) in the original layer's dtype, or ``None``
 
     No float copy of the weight is kept. The forward pass takes any float dtype and returns that
-    dtype. ``threshold`` is the outlier threshold α (0 = pure vector-wise int8).
+    dtype. ``threshold`` is the outlier threshold α (0 = pure vector-wise int8). ``activation``:
+    how each token's row of ``X`` is quantized, ``"absmax"`` (the paper) or ``"zeropoint"``
+    (asymmetric; see ``llm_int8.ops.int8_linear``). Neither is saved in ``state_dict``: the
+    stored weight is the same for both.
 
     ``weight_scale`` stays float32 under ``module.to(dtype)`` / ``.half()``: the scales are part of
     the int8 format, and rounding them to 8 mantissa bits (bf16) would cost more accuracy than the
@@ -36,17 +39,23 @@ class Int8Linear(nn.Module):
         threshold: float = 6.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        activation: str = "absmax",
     ) -> None:
         super().__init__()
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
         if not threshold >= 0:  # also rejects NaN
             raise ValueError(f"threshold must be >= 0 (0 disables decomposition), got {threshold}")
+        if activation not in ACTIVATION_QUANTIZERS:
+            raise ValueError(f"activation must be one of {ACTIVATION_QUANTIZERS}, got {activation!r}")
         self.in_features = in_features
         self.out_features = out_features
         self.threshold = float(threshold)
-        # derived, never saved: the backend's packed copy of weight_int8, rebuilt when that buffer changes
+        self.activation = activation
+        # derived, never saved: the backend's packed copy of weight_int8 and its row sums (for
+        # zeropoint activations), rebuilt when that buffer changes
         self._packed_weight = PackedWeightCache()
+        self._row_sums = PackedWeightCache(compute_weight_row_sums)
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         if bias:
@@ -57,7 +66,7 @@ class Int8Linear(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, threshold: float = 6.0) -> Int8Linear:
+    def from_linear(cls, linear: nn.Module, threshold: float = 6.0, activation: str = "absmax") -> Int8Linear:
         """Quantize an ``nn.Linear`` (or transformers' ``Conv1D``, whose weight is (in, out))."""
         weight, bias = _linear_weight_and_bias(linear)
         if weight.is_meta:
@@ -65,7 +74,14 @@ class Int8Linear(nn.Module):
         if not torch.isfinite(weight).all():
             raise ValueError("cannot quantize a weight that holds NaN or Inf values")
         out_features, in_features = weight.shape
-        module = cls(in_features, out_features, bias=bias is not None, threshold=threshold, device=weight.device)
+        module = cls(
+            in_features,
+            out_features,
+            bias=bias is not None,
+            threshold=threshold,
+            device=weight.device,
+            activation=activation,
+        )
         with torch.no_grad():
             W_i8, s_w = rowwise_quantize(weight.detach(), dim=-1)  # (out, in) int8, (out,)
             module.weight_int8 = W_i8
@@ -75,8 +91,18 @@ class Int8Linear(nn.Module):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self._packed_weight.get(self.weight_int8)
-        return int8_linear(x, self.weight_int8, self.weight_scale, self.bias, self.threshold, packed_weight=packed)
+        W_i8 = self.weight_int8
+        zeropoint = self.activation == "zeropoint"
+        return int8_linear(
+            x,
+            W_i8,
+            self.weight_scale,
+            self.bias,
+            self.threshold,
+            activation=self.activation,
+            packed_weight=self._packed_weight.get(W_i8),
+            weight_row_sums=self._row_sums.get(W_i8) if zeropoint else None,
+        )
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the int8 codes stand for, ``weight_int8 * weight_scale`` (a new tensor)."""
@@ -94,12 +120,14 @@ class Int8Linear(nn.Module):
         # keep the scales float32 (see the class docstring); follow the device the buffers moved to
         self.weight_scale = scale.to(device=self.weight_int8.device, dtype=torch.float32)
         self._packed_weight.clear()  # free the old layout now, not at the next forward
+        self._row_sums.clear()
         return self
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, threshold={self.threshold}"
+            + (f", activation={self.activation}" if self.activation != "absmax" else "")
         )
 
 

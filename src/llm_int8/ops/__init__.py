@@ -4,8 +4,15 @@ Backends live in ``cpu.py`` (oneDNN) and ``cuda.py`` (cuBLASLt); ``_capability.p
 one runs, and ``prepack.py`` holds weight layouts prepared once.
 """
 
-from .int8_linear import int8_linear
+from .int8_linear import compute_weight_row_sums, int8_linear
 from .int8_mm import int8_mm
 from .prepack import PackedWeight, PackedWeightCache, prepack_int8_weight
 
-__all__ = ["PackedWeight", "PackedWeightCache", "int8_linear", "int8_mm", "prepack_int8_weight"]
+__all__ = [
+    "PackedWeight",
+    "PackedWeightCache",
+    "compute_weight_row_sums",
+    "int8_linear",
+    "int8_mm",
+    "prepack_int8_weight",
+]

@@ -8,6 +8,12 @@ Steps, for ``X`` (tokens, K) and the stored int8 weight ``W_i8`` (N, K) with row
 4. Denormalize by the outer product ``s_x ⊗ s_w``, add ``X[:, O] (W_i8[:, O] s_w)^T`` computed in
    float, add the bias, cast to ``X``'s dtype.
 
+``activation="zeropoint"`` (opt-in; see ``Int8Config.activation``) replaces step 2 by asymmetric
+row-wise quantization, codes ``X_q`` in [-127, 127] with zero points ``zp_x``, and step 4 by
+``(s_x ⊗ s_w) · (C_i32 - zp_x ⊗ r_w)`` with ``r_w = Σ_k W_i8[:, k]`` the weight's row sums: the
+integer GEMM is the same int8 x int8 product, plus one rank-1 update. The columns in ``O`` hold
+the code of 0, ``zp_x``, so they add exactly nothing to the corrected sum.
+
 The plain-PyTorch oracle is ``llm_int8.primitives.int8_linear_reference``.
 
 Gradients flow to ``X`` only (the int8 weight is frozen): ``dX = dY · W`` with ``W`` dequantized,
@@ -18,14 +24,14 @@ from __future__ import annotations
 
 import torch
 
-from ..primitives import INT8_MAX
+from ..primitives import ACTIVATION_QUANTIZERS, INT8_MAX, zeropoint_params
 from .int8_mm import int8_mm_float
 from .prepack import PackedWeight
 
-__all__ = ["int8_linear"]
+__all__ = ["compute_weight_row_sums", "int8_linear"]
 
 
-def _check_inputs(x, weight_int8, weight_scale, bias, threshold):
+def _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation):
     if not x.is_floating_point():
         raise TypeError(f"int8_linear: input must be a float tensor, got {x.dtype}")
     if weight_int8.dtype != torch.int8 or weight_int8.dim() != 2:
@@ -42,8 +48,17 @@ def _check_inputs(x, weight_int8, weight_scale, bias, threshold):
         raise ValueError(f"int8_linear: weight_scale must have shape ({N},), got {tuple(weight_scale.shape)}")
     if bias is not None and bias.shape != (N,):
         raise ValueError(f"int8_linear: bias must have shape ({N},), got {tuple(bias.shape)}")
-    if threshold < 0:
+    if not threshold >= 0:
         raise ValueError(f"int8_linear: threshold must be >= 0, got {threshold}")
+    if activation not in ACTIVATION_QUANTIZERS:
+        raise ValueError(f"int8_linear: activation must be one of {ACTIVATION_QUANTIZERS}, got {activation!r}")
+
+
+def _outlier_index(col_absmax: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Indices of ``O`` from the per-column max of ``|X|``, as ``outlier_columns`` defines it."""
+    # "not (max < t)" so that a NaN column is an outlier for every threshold (see outlier_columns)
+    O = ~(col_absmax < threshold) if threshold > 0 else ~torch.isfinite(col_absmax)
+    return O.nonzero().squeeze(1)  # (|O|,)
 
 
 def _quantize_activations(X: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,10 +71,7 @@ def _quantize_activations(X: torch.Tensor, threshold: float) -> tuple[torch.Tens
     """
     X = X.float()  # (M, K); no copy for float32
     X_abs = X.abs()  # (M, K), the only pass over X besides the scaling below
-    col_absmax = X_abs.amax(dim=0)  # (K,); amax propagates NaN
-    # "not (max < t)" so that a NaN column is an outlier for every threshold (see outlier_columns)
-    O = ~(col_absmax < threshold) if threshold > 0 else ~torch.isfinite(col_absmax)
-    outlier_idx = O.nonzero().squeeze(1)  # (|O|,)
+    outlier_idx = _outlier_index(X_abs.amax(dim=0), threshold)  # amax propagates NaN
     if outlier_idx.numel():
         X_abs.index_fill_(1, outlier_idx, 0)
     absmax = X_abs.amax(dim=1)  # (M,)
@@ -77,12 +89,48 @@ def _quantize_activations(X: torch.Tensor, threshold: float) -> tuple[torch.Tens
     return X_codes, absmax / INT8_MAX, outlier_idx
 
 
+def _quantize_activations_zeropoint(
+    X: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1-2 with asymmetric codes: bit-identical to ``zeropoint_quantize(X_regular, dim=-1)``.
+
+    ``X_regular`` is ``X`` with the columns in ``O`` zeroed. Returns the codes ``X_q`` (M, K) as
+    float32 integers in [-127, 127] (``zp_x`` in ``O``), ``s_x`` (M,), ``zp_x`` (M,) float32 and the
+    indices of ``O``.
+    """
+    X = X.float()  # (M, K)
+    col_min, col_max = torch.aminmax(X, dim=0)  # (K,) each; both propagate NaN
+    outlier_idx = _outlier_index(torch.maximum(col_max, col_min.neg()), threshold)
+    X_regular = X.index_fill(1, outlier_idx, 0) if outlier_idx.numel() else X  # (M, K)
+    row_min, row_max = torch.aminmax(X_regular, dim=1)  # (M,) each
+    nd, zp = zeropoint_params(row_max, row_min)  # (M,) each: codes per unit, zero point
+    X_codes = (X_regular * nd[:, None]).add_(zp[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)
+    return X_codes, 1.0 / nd, zp, outlier_idx
+
+
+def compute_weight_row_sums(weight_int8: torch.Tensor) -> torch.Tensor:
+    """``r_w = Σ_k W_i8[:, k]`` (N,) as float32 (exact below 2**24 / 127 = 132k input features)."""
+    return weight_int8.sum(dim=1, dtype=torch.float32)
+
+
 def _forward_2d(
-    X: torch.Tensor, W_i8: torch.Tensor, s_w: torch.Tensor, threshold: float, packed: PackedWeight | None
+    X: torch.Tensor,
+    W_i8: torch.Tensor,
+    s_w: torch.Tensor,
+    threshold: float,
+    packed: PackedWeight | None,
+    activation: str = "absmax",
+    row_sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LLM.int8() product of (M, K) ``X`` with the int8 weight; float32 (M, N), no bias."""
-    X_codes, s_x, outlier_idx = _quantize_activations(X, threshold)  # (M, K), (M,), (|O|,)
-    C = int8_mm_float(X_codes, W_i8, packed=packed)  # (M, N) float32(C_i32)
+    if activation == "zeropoint":
+        X_codes, s_x, zp_x, outlier_idx = _quantize_activations_zeropoint(X, threshold)
+        C = int8_mm_float(X_codes, W_i8, packed=packed)  # (M, N) float32(X_q W_i8^T)
+        r_w = compute_weight_row_sums(W_i8) if row_sums is None else row_sums  # (N,)
+        C.addr_(zp_x, r_w, alpha=-1)  # C_i32 - zp_x ⊗ r_w: the integer product of (X_q - zp_x)
+    else:
+        X_codes, s_x, outlier_idx = _quantize_activations(X, threshold)  # (M, K), (M,), (|O|,)
+        C = int8_mm_float(X_codes, W_i8, packed=packed)  # (M, N) float32(C_i32)
     C.mul_(s_x[:, None]).mul_(s_w.float()[None, :])  # (s_x ⊗ s_w) · C_i32
     if outlier_idx.numel():
         X_O = X.index_select(1, outlier_idx).float()  # (M, |O|)
@@ -94,10 +142,10 @@ def _forward_2d(
 
 class _Int8LinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, X, W_i8, s_w, threshold, packed):
+    def forward(ctx, X, W_i8, s_w, threshold, packed, activation, row_sums):
         ctx.save_for_backward(W_i8, s_w)
         ctx.x_dtype = X.dtype
-        return _forward_2d(X, W_i8, s_w, threshold, packed)  # float32; cast by the caller
+        return _forward_2d(X, W_i8, s_w, threshold, packed, activation, row_sums)  # float32; cast by the caller
 
     @staticmethod
     def backward(ctx, grad_C):
@@ -106,7 +154,7 @@ class _Int8LinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             W = W_i8.float() * s_w.float()[:, None]  # (N, K) dequantized
             grad_X = (grad_C.float() @ W).to(ctx.x_dtype)
-        return grad_X, None, None, None, None
+        return grad_X, None, None, None, None, None, None
 
 
 def int8_linear(
@@ -116,19 +164,25 @@ def int8_linear(
     bias: torch.Tensor | None = None,
     threshold: float = 6.0,
     *,
+    activation: str = "absmax",
     packed_weight: PackedWeight | None = None,
+    weight_row_sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LLM.int8() linear layer: ``x`` (..., K) float -> (..., N) in ``x``'s dtype.
 
     ``threshold`` is α of the decomposition; 0 disables it (pure vector-wise int8).
+    ``activation``: ``"absmax"`` (the paper's symmetric per-token codes) or ``"zeropoint"``
+    (asymmetric per-token codes, corrected with the weight's row sums; see the module docstring).
     ``packed_weight``: optionally ``llm_int8.ops.prepack_int8_weight(weight_int8)``, built once and
     reused (``Int8Linear`` does this); without it a backend that wants a packed layout packs per call.
+    ``weight_row_sums``: optionally ``llm_int8.ops.compute_weight_row_sums(weight_int8)``, cached likewise
+    (only read for ``activation="zeropoint"``).
 
     NaN/Inf policy: a column of ``x`` that holds a non-finite value is always computed in float,
     so non-finite values propagate to exactly the outputs ``nn.Linear`` would make non-finite,
     and never corrupt the int8 scale of other values.
     """
-    _check_inputs(x, weight_int8, weight_scale, bias, threshold)
+    _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation)
     N, K = weight_int8.shape
     lead = x.shape[:-1]
     X = x.reshape(-1, K)  # (tokens, in_features)
@@ -136,9 +190,11 @@ def int8_linear(
         out = x.new_zeros(*lead, N)
         return out if bias is None else out + bias.to(x.dtype)
     if torch.is_grad_enabled() and x.requires_grad:
-        C = _Int8LinearFunction.apply(X, weight_int8, weight_scale, threshold, packed_weight)  # float32 (tokens, N)
+        C = _Int8LinearFunction.apply(
+            X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums
+        )  # float32 (tokens, N)
     else:
-        C = _forward_2d(X, weight_int8, weight_scale, threshold, packed_weight)  # float32 (tokens, N)
+        C = _forward_2d(X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums)
     if bias is not None:
         # out of place: under autograd the bias may itself be trained
         C = C + bias.float() if bias.requires_grad else C.add_(bias.float())

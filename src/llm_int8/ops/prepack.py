@@ -36,15 +36,18 @@ def _version(t: torch.Tensor) -> int:
 
 
 class PackedWeightCache:
-    """Lazily packs one module's int8 weight; stale as soon as that tensor is replaced or written to.
+    """Lazily derives something from one module's int8 weight; stale once that tensor is replaced or written to.
 
+    ``build(weight_int8)`` makes the derived value: by default the backend's packed layout
+    (``prepack_int8_weight``); ``Int8Linear`` also caches the weight's row sums this way.
     Holds no strong reference to the weight, and is dropped (not copied) by ``deepcopy`` and
     pickling: oneDNN's layout is an opaque tensor that can be neither, and it is cheap to rebuild.
     """
 
-    __slots__ = ("_key", "_packed")
+    __slots__ = ("_build", "_key", "_packed")
 
-    def __init__(self) -> None:
+    def __init__(self, build=None) -> None:
+        self._build = prepack_int8_weight if build is None else build
         self.clear()
 
     def clear(self) -> None:
@@ -54,12 +57,12 @@ class PackedWeightCache:
     def get(self, weight_int8: torch.Tensor) -> PackedWeight | None:
         key = (_capability.cpu_int8_backend(), weight_int8.device, _version(weight_int8))
         if self._key is None or self._key[0]() is not weight_int8 or self._key[1:] != key:
-            self._packed = prepack_int8_weight(weight_int8)
+            self._packed = self._build(weight_int8)
             self._key = (weakref.ref(weight_int8), *key)
         return self._packed
 
     def __deepcopy__(self, memo) -> PackedWeightCache:
-        return PackedWeightCache()
+        return PackedWeightCache(self._build)
 
     def __reduce__(self):
-        return (PackedWeightCache, ())
+        return (PackedWeightCache, (self._build,))
