@@ -178,6 +178,7 @@ def test_smollm2_outliers_and_ablation(smollm2, wikitext_path):
     sites = find_sites(model)
     assert len(sites) == 30 * 3 and [n.rsplit(".", 1)[-1] for n, _ in sites[2].modules] == ["gate_proj", "up_proj"]
     ids = tokenize_text(tokenizer, read_text(wikitext_path), max_tokens=256)
+
     # transformers installs its own output-recording hooks on attention modules; count ours only
     def site_hooks():
         return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for s in sites for _, m in s.modules)

@@ -141,7 +141,7 @@ def test_zeropoint_layer_saves_the_same_state_and_follows_weight_changes():
     q = Int8Linear.from_linear(lin, activation="zeropoint")
     assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias"}  # row sums are derived, not saved
     assert "activation=zeropoint" in repr(q)
-    X = torch.randn(7, 40) + 1.0
+    X = torch.randn(12, 40) + 1.0  # more tokens than the weight-only path takes
     before = q(X)
     # the cached row sums follow an in-place write to the weight (load_state_dict copies in place)
     other = Int8Linear.from_linear(_linear(), activation="zeropoint")
@@ -149,3 +149,19 @@ def test_zeropoint_layer_saves_the_same_state_and_follows_weight_changes():
     assert torch.equal(q(X), other(X)) and not torch.equal(q(X), before)
     ref = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation="zeropoint")
     torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+
+
+def test_few_tokens_take_the_weight_only_path_by_default():
+    from llm_int8.ops import _capability, weight_only
+    from llm_int8.primitives import int8_weight_only_reference
+
+    if not _capability.has_weight_int8pack_mm():
+        pytest.skip("torch._weight_int8pack_mm does not run on this CPU build")
+    q = Int8Linear.from_linear(_linear())
+    assert q.weight_only_max_tokens is None and weight_only.AUTO_MAX_TOKENS >= 1
+    X = torch.randn(1, 40)
+    ref = int8_weight_only_reference(X.double(), q.weight_int8, q.weight_scale, q.bias)
+    torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=2**-8 * ref.abs().max().item())
+    q.weight_only_max_tokens = 0  # off: the LLM.int8() product for every input
+    ref8 = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0)
+    torch.testing.assert_close(q(X).double(), ref8, rtol=0, atol=1e-5 * ref8.abs().max().item())

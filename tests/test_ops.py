@@ -234,3 +234,68 @@ def test_zeropoint_uses_the_row_sums_it_is_given():
     assert torch.equal(Y, int8_linear(X, W_i8, s_w, b, activation="zeropoint"))
     Y_wrong = int8_linear(X, W_i8, s_w, b, activation="zeropoint", weight_row_sums=r_w + 1)
     assert not torch.allclose(Y, Y_wrong)
+
+
+# --- the weight-only path (int8 weight, bf16 activations) for a few tokens -------------------------
+
+needs_weight_only = pytest.mark.skipif(
+    not __import__("llm_int8.ops._capability", fromlist=["x"]).has_weight_int8pack_mm(),
+    reason="torch._weight_int8pack_mm does not run on this CPU build",
+)
+
+
+@needs_weight_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("M,K,N", [(1, 64, 48), (8, 576, 1536), (3, 96, 40)])
+def test_weight_only_path_matches_its_reference(dtype, M, K, N):
+    from llm_int8.ops.weight_only import int8_weight_only_linear
+    from llm_int8.primitives import int8_weight_only_reference
+
+    W, W_i8, s_w, b = _layer(K, N)
+    X = _planted(M, K).to(dtype)
+    Y = int8_weight_only_linear(X, W_i8, s_w, b.to(dtype))
+    ref = int8_weight_only_reference(X.double(), W_i8, s_w, b.to(dtype))
+    assert Y.dtype == dtype and Y.shape == (M, N)
+    # the kernel rounds each output to bf16 once (float32 accumulation inside)
+    torch.testing.assert_close(Y.double(), ref, rtol=0, atol=2**-8 * ref.abs().max().item())
+    # and it is closer to the float layer than LLM.int8() is (no activation quantization)
+    exact = X.double() @ W.double().T + b.to(dtype).double()
+    assert _rel_err(Y, exact) <= _rel_err(int8_linear(X, W_i8, s_w, b.to(dtype)), exact) + 2**-8
+
+
+@needs_weight_only
+def test_int8_linear_takes_the_weight_only_path_only_where_asked(monkeypatch):
+    from llm_int8.ops import weight_only
+
+    calls = []
+    real = weight_only.int8_weight_only_linear
+    monkeypatch.setattr(weight_only, "int8_weight_only_linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    _, W_i8, s_w, b = _layer(64, 32)
+    int8_linear(torch.randn(2, 3, 64), W_i8, s_w, b, weight_only_max_tokens=8)  # 6 tokens
+    assert calls == [(2, 3, 64)]
+    int8_linear(torch.randn(9, 64), W_i8, s_w, b, weight_only_max_tokens=8)  # above the limit
+    int8_linear(torch.randn(1, 64), W_i8, s_w, b)  # default 0: never
+    int8_linear(torch.randn(1, 64, requires_grad=True), W_i8, s_w, b, weight_only_max_tokens=8)  # autograd
+    int8_linear(torch.randn(1, 64), W_i8, s_w, b.clone().requires_grad_(), weight_only_max_tokens=8)
+    assert len(calls) == 1
+    monkeypatch.setattr(weight_only, "available", lambda device: False)  # e.g. a GPU tensor
+    int8_linear(torch.randn(1, 64), W_i8, s_w, b, weight_only_max_tokens=8)
+    assert len(calls) == 1
+
+
+@needs_weight_only
+def test_weight_only_path_propagates_nan_and_inf_like_nn_linear():
+    from llm_int8.ops.weight_only import int8_weight_only_linear
+
+    K, N = 32, 12
+    _, W_i8, s_w, b = _layer(K, N)
+    linear = torch.nn.Linear(K, N)
+    with torch.no_grad():
+        linear.weight.copy_(W_i8.float() * s_w[:, None])
+        linear.bias.copy_(b)
+    X = torch.randn(3, K)
+    X[0, 4] = float("nan")
+    X[1, 9] = float("inf")
+    Y = int8_weight_only_linear(X, W_i8, s_w, b)
+    expected = linear(X)
+    assert torch.equal(torch.isnan(Y), torch.isnan(expected)) and torch.equal(torch.isinf(Y), torch.isinf(expected))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import PackedWeightCache, compute_weight_row_sums, int8_linear
+from ..ops import PackedWeightCache, compute_weight_row_sums, int8_linear, weight_only
 from ..primitives import ACTIVATION_QUANTIZERS, rowwise_quantize
 
 __all__ = ["Int8Linear"]
@@ -26,6 +26,11 @@ class Int8Linear(nn.Module):
     (asymmetric; see ``llm_int8.ops.int8_linear``). Neither is saved in ``state_dict``: the
     stored weight is the same for both.
 
+    ``weight_only_max_tokens``: inputs of at most this many tokens (decoding) run the int8-weight,
+    bf16-activation kernel (``llm_int8.ops.weight_only``) instead, on CPU, where reading the weight
+    is all the time there is; ``None`` (default) uses the measured crossover
+    ``weight_only.AUTO_MAX_TOKENS``, 0 turns it off. A runtime choice: set the attribute at will.
+
     ``weight_scale`` stays float32 under ``module.to(dtype)`` / ``.half()``: the scales are part of
     the int8 format, and rounding them to 8 mantissa bits (bf16) would cost more accuracy than the
     int8 codes themselves.
@@ -40,6 +45,7 @@ class Int8Linear(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         activation: str = "absmax",
+        weight_only_max_tokens: int | None = None,
     ) -> None:
         super().__init__()
         if in_features <= 0 or out_features <= 0:
@@ -52,6 +58,7 @@ class Int8Linear(nn.Module):
         self.out_features = out_features
         self.threshold = float(threshold)
         self.activation = activation
+        self.weight_only_max_tokens = weight_only_max_tokens
         # derived, never saved: the backend's packed copy of weight_int8 and its row sums (for
         # zeropoint activations), rebuilt when that buffer changes
         self._packed_weight = PackedWeightCache()
@@ -66,7 +73,13 @@ class Int8Linear(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, threshold: float = 6.0, activation: str = "absmax") -> Int8Linear:
+    def from_linear(
+        cls,
+        linear: nn.Module,
+        threshold: float = 6.0,
+        activation: str = "absmax",
+        weight_only_max_tokens: int | None = None,
+    ) -> Int8Linear:
         """Quantize an ``nn.Linear`` (or transformers' ``Conv1D``, whose weight is (in, out))."""
         weight, bias = _linear_weight_and_bias(linear)
         if weight.is_meta:
@@ -81,10 +94,11 @@ class Int8Linear(nn.Module):
             threshold=threshold,
             device=weight.device,
             activation=activation,
+            weight_only_max_tokens=weight_only_max_tokens,
         )
         with torch.no_grad():
             W_i8, s_w = rowwise_quantize(weight.detach(), dim=-1)  # (out, in) int8, (out,)
-            module.weight_int8 = W_i8
+            module.weight_int8 = W_i8.contiguous()  # a Conv1D weight arrives transposed
             module.weight_scale = s_w
             if bias is not None:
                 module.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -102,7 +116,12 @@ class Int8Linear(nn.Module):
             activation=self.activation,
             packed_weight=self._packed_weight.get(W_i8),
             weight_row_sums=self._row_sums.get(W_i8) if zeropoint else None,
+            weight_only_max_tokens=self._weight_only_limit(),
         )
+
+    def _weight_only_limit(self) -> int:
+        limit = self.weight_only_max_tokens
+        return weight_only.AUTO_MAX_TOKENS if limit is None else limit
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the int8 codes stand for, ``weight_int8 * weight_scale`` (a new tensor)."""

@@ -4,6 +4,7 @@ Backends live in ``cpu.py`` (oneDNN) and ``cuda.py`` (cuBLASLt); ``_capability.p
 one runs, and ``prepack.py`` holds weight layouts prepared once.
 """
 
+from . import weight_only
 from .int8_linear import compute_weight_row_sums, int8_linear
 from .int8_mm import int8_mm
 from .prepack import PackedWeight, PackedWeightCache, prepack_int8_weight
@@ -15,4 +16,5 @@ __all__ = [
     "int8_linear",
     "int8_mm",
     "prepack_int8_weight",
+    "weight_only",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "has_fbgemm_linear",
     "has_int_mm",
     "has_onednn_linear",
+    "has_weight_int8pack_mm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,25 @@ def has_fbgemm_linear() -> bool:
 def has_onednn_linear() -> bool:
     """oneDNN's quantized linear is registered (x86 builds with mkldnn) and exact on this CPU."""
     return torch.backends.mkldnn.is_available() and _self_test(ONEDNN)
+
+
+@functools.cache
+def has_weight_int8pack_mm() -> bool:
+    """``torch._weight_int8pack_mm`` runs on CPU with bf16 activations and gives the right product."""
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        return False
+    X = torch.linspace(-2, 2, 3 * 64).reshape(3, 64).to(torch.bfloat16)  # (M, K), exact in bf16
+    W = torch.arange(-64, 64, dtype=torch.int8).reshape(2, 64)  # (N, K)
+    try:
+        C = torch._weight_int8pack_mm(X, W, torch.ones(2, dtype=torch.bfloat16))
+    except (RuntimeError, NotImplementedError) as err:
+        logger.debug("_weight_int8pack_mm unavailable: %s", err)
+        return False
+    exact = X.double() @ W.double().T
+    ok = C.shape == exact.shape and bool(((C.double() - exact).abs() <= 2**-7 * exact.abs().amax()).all())
+    if not ok:
+        logger.warning("_weight_int8pack_mm returned a wrong product on its self-test; not using it")
+    return ok
 
 
 def has_int_mm() -> bool:

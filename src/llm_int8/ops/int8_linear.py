@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..primitives import ACTIVATION_QUANTIZERS, INT8_MAX, zeropoint_params
+from . import weight_only
 from .int8_mm import int8_mm_float
 from .prepack import PackedWeight
 
@@ -167,6 +168,7 @@ def int8_linear(
     activation: str = "absmax",
     packed_weight: PackedWeight | None = None,
     weight_row_sums: torch.Tensor | None = None,
+    weight_only_max_tokens: int = 0,
 ) -> torch.Tensor:
     """LLM.int8() linear layer: ``x`` (..., K) float -> (..., N) in ``x``'s dtype.
 
@@ -177,10 +179,14 @@ def int8_linear(
     reused (``Int8Linear`` does this); without it a backend that wants a packed layout packs per call.
     ``weight_row_sums``: optionally ``llm_int8.ops.compute_weight_row_sums(weight_int8)``, cached likewise
     (only read for ``activation="zeropoint"``).
+    ``weight_only_max_tokens``: inputs of at most this many rows (tokens) take the int8-weight,
+    bf16-activation kernel of ``ops/weight_only.py`` where it is available (CPU) and no gradient is
+    needed; 0 (the default here) never. ``Int8Linear`` passes the measured crossover.
 
     NaN/Inf policy: a column of ``x`` that holds a non-finite value is always computed in float,
     so non-finite values propagate to exactly the outputs ``nn.Linear`` would make non-finite,
-    and never corrupt the int8 scale of other values.
+    and never corrupt the int8 scale of other values. The weight-only path multiplies ``x`` as it
+    is, so it propagates them the same way.
     """
     _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation)
     N, K = weight_int8.shape
@@ -189,6 +195,9 @@ def int8_linear(
     if X.shape[0] == 0:
         out = x.new_zeros(*lead, N)
         return out if bias is None else out + bias.to(x.dtype)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+    if X.shape[0] <= weight_only_max_tokens and not needs_grad and weight_only.available(x.device):
+        return weight_only.int8_weight_only_linear(x, weight_int8, weight_scale, bias)
     if torch.is_grad_enabled() and x.requires_grad:
         C = _Int8LinearFunction.apply(
             X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums

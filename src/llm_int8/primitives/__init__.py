@@ -5,7 +5,12 @@ Nothing here picks a device or a kernel; ``llm_int8.ops`` does.
 
 from .outliers import outlier_columns
 from .quantize import INT8_MAX, absmax_quantize, dequantize, rowwise_quantize, zeropoint_params, zeropoint_quantize
-from .reference import ACTIVATION_QUANTIZERS, int8_linear_reference, int8_matmul_reference
+from .reference import (
+    ACTIVATION_QUANTIZERS,
+    int8_linear_reference,
+    int8_matmul_reference,
+    int8_weight_only_reference,
+)
 
 __all__ = [
     "ACTIVATION_QUANTIZERS",
@@ -14,6 +19,7 @@ __all__ = [
     "dequantize",
     "int8_linear_reference",
     "int8_matmul_reference",
+    "int8_weight_only_reference",
     "outlier_columns",
     "rowwise_quantize",
     "zeropoint_params",

@@ -12,7 +12,7 @@ import torch
 from .outliers import outlier_columns
 from .quantize import rowwise_quantize, zeropoint_quantize
 
-__all__ = ["ACTIVATION_QUANTIZERS", "int8_matmul_reference", "int8_linear_reference"]
+__all__ = ["ACTIVATION_QUANTIZERS", "int8_linear_reference", "int8_matmul_reference", "int8_weight_only_reference"]
 
 ACTIVATION_QUANTIZERS = ("absmax", "zeropoint")
 """How ``X`` is quantized per token: symmetric absmax (the paper's LLM.int8()) or asymmetric zeropoint."""
@@ -65,6 +65,17 @@ def int8_linear_reference(
     C = C_int * (s_x.double()[:, None] * s_w.double()[None, :])
     W_outlier = W_i8[:, O].double() * s_w.double()[:, None]  # (N, |O|) dequantized columns
     C = C + X[:, O].double() @ W_outlier.T
+    if bias is not None:
+        C = C + bias.double()
+    return C.to(X.dtype)
+
+
+def int8_weight_only_reference(
+    X: torch.Tensor, W_i8: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The weight-only path ``C = X_bf16 (W_i8 ⊙ s_w)^T + b`` in float64: ``X`` rounded to bf16
+    (what the kernel reads), everything else exact. Returns (M, N) in X's dtype."""
+    C = (X.to(torch.bfloat16).double() @ W_i8.double().T) * s_w.double()[None, :]
     if bias is not None:
         C = C + bias.double()
     return C.to(X.dtype)

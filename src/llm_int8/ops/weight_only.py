@@ -1,0 +1,50 @@
+"""Int8-weight, float-activation linear for a few tokens: ``Y = X (W_i8 ⊙ s_w)^T + b``.
+
+At small M (decoding) every GEMM is bound by reading the weight, and LLM.int8()'s integer product
+cannot beat a kernel that reads the same int8 weight once while skipping the activation
+quantization, the outlier search and the decomposition. ``torch._weight_int8pack_mm`` is that
+kernel on CPU: int8 weight, bf16 activations, float32 accumulation.
+
+It is not a different quantization of the model: the stored ``weight_int8`` and ``weight_scale``
+are the same, and ``X`` keeps every feature dim at bf16 precision (no per-token int8 step, so no
+outlier can spoil one), which is more accurate than the int8 x int8 path. ``Int8Linear`` takes it
+for inputs of at most ``weight_only_max_tokens`` rows, where the measured crossover says it is
+faster (BENCHMARKS.md). Its oracle is ``llm_int8.primitives.int8_weight_only_reference``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _capability
+
+__all__ = ["AUTO_MAX_TOKENS", "int8_weight_only_linear"]
+
+AUTO_MAX_TOKENS = 8
+"""Rows up to which ``Int8Linear`` takes this path by default on CPU: the measured crossover
+against the int8 x int8 path (``benchmarks/bench_layers.py``; BENCHMARKS.md)."""
+
+
+def int8_weight_only_linear(
+    x: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x`` (..., K) float -> (..., N) in ``x``'s dtype, through ``_weight_int8pack_mm`` with bf16 ``x``.
+
+    The kernel multiplies by unit scales; ``weight_scale`` (float32) is applied afterwards in float32,
+    so the scales are not rounded to bf16. The caller checks shapes and that the kernel is available
+    (``_capability.has_weight_int8pack_mm``); no autograd.
+    """
+    N, K = weight_int8.shape
+    lead = x.shape[:-1]
+    X = x.reshape(-1, K).to(torch.bfloat16)  # (M, K)
+    ones = torch.ones(N, dtype=torch.bfloat16, device=x.device)
+    C = torch._weight_int8pack_mm(X, weight_int8.contiguous(), ones).float()  # (M, N): X_bf16 W_i8^T, one bf16 rounding
+    C.mul_(weight_scale.float())
+    if bias is not None:
+        C.add_(bias.float())
+    return C.to(x.dtype).reshape(*lead, N)
+
+
+def available(device: torch.device) -> bool:
+    """Whether the weight-only kernel runs (and is right) for tensors on ``device``."""
+    return device.type == "cpu" and _capability.has_weight_int8pack_mm()
