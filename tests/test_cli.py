@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end_on_the_bundled_model(capsys, wikitext_path, tmp_pa
     assert "converted 210 linear layers" in out
     assert "| fp32 |" in out and "| fp16 (equivalent) |" in out and "| int8 (+ scales) |" in out
     assert "fp32:" in out and "int8:" in out
-    assert "| LLM.int8() |" in out
+    assert "| LLM.int8() (zeropoint activations, α = 6) |" in out
 
 
 def test_demo_refuses_a_missing_text_file_before_loading(capsys, tmp_path):

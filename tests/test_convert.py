@@ -138,7 +138,8 @@ def test_gpt2_conv1d_model_is_converted():
 
 
 def test_activation_reaches_every_converted_layer():
-    model = quantize_model(_Toy(), activation="zeropoint")
-    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    assert layers and all(m.activation == "zeropoint" for m in layers)
-    assert all(m.activation == "absmax" for m in quantize_model(_Toy()).modules() if isinstance(m, Int8Linear))
+    for activation in ("absmax", "zeropoint"):
+        layers = [m for m in quantize_model(_Toy(), activation=activation).modules() if isinstance(m, Int8Linear)]
+        assert layers and all(m.activation == activation for m in layers)
+    default = [m.activation for m in quantize_model(_Toy()).modules() if isinstance(m, Int8Linear)]
+    assert set(default) == {Int8Config().activation} == {"zeropoint"}

@@ -141,18 +141,41 @@ def test_decomposition_keeps_outlier_column_exact():
     assert err["rowwise+decomp"] < err["rowwise"] / 3
 
 
+@pytest.mark.parametrize("activation", ["absmax", "zeropoint"])
 @pytest.mark.parametrize("threshold", [0.0, 6.0], ids=["vectorwise", "llm.int8"])
-def test_emulation_with_int8_outlier_weight_matches_library(threshold):
-    """Emulated vector-wise (+ decomposition against the dequantized weight) == Int8Linear, up to float32."""
+def test_emulation_with_int8_outlier_weight_matches_library(threshold, activation):
+    """Emulated vector-wise (+ decomposition against the dequantized weight) == Int8Linear, up to float32,
+    for both activation codes (zeropoint X with absmax W is what the library's default runs)."""
     X, W = _operands()
+    X = X + 0.4  # rows not centred on 0
     lin = nn.Linear(W.shape[1], W.shape[0])
     lin.weight.data = W.clone()
-    spec = MethodSpec("t", "t", x_per_row=True, w_per_row=True, threshold=threshold, outlier_weight="int8")
+    zp = activation == "zeropoint"
+    spec = MethodSpec(
+        "t",
+        "t",
+        x_per_row=True,
+        w_per_row=True,
+        zeropoint=zp,
+        w_zeropoint=False,
+        threshold=threshold,
+        outlier_weight="int8",
+    )
     emulated = EmulatedInt8Linear.from_linear(lin, spec)(X)
-    library = Int8Linear.from_linear(lin, threshold)(X)
+    library = Int8Linear.from_linear(lin, threshold, activation=activation)(X)
     torch.testing.assert_close(emulated, library, rtol=1e-5, atol=1e-5)
     W_i8, s_w = quantize_operand(W, per_row=True, zeropoint=False)[:2]
-    torch.testing.assert_close(library, int8_linear_reference(X, W_i8, s_w, lin.bias, threshold), rtol=1e-5, atol=1e-5)
+    ref = int8_linear_reference(X, W_i8, s_w, lin.bias, threshold, activation=activation)
+    torch.testing.assert_close(library, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_default_method_is_what_quantize_model_gives():
+    from llm_int8.config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD
+
+    spec = METHODS["default"]
+    assert spec.library and spec.threshold == DEFAULT_THRESHOLD
+    assert ("zeropoint" if spec.zeropoint else "absmax") == DEFAULT_ACTIVATION
+    assert METHODS["llm.int8"].threshold == 6.0 and not METHODS["llm.int8"].zeropoint  # the paper's, always
 
 
 def test_tensorwise_scale_is_per_sequence():

@@ -163,5 +163,5 @@ def test_few_tokens_take_the_weight_only_path_by_default():
     ref = int8_weight_only_reference(X.double(), q.weight_int8, q.weight_scale, q.bias)
     torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=2**-8 * ref.abs().max().item())
     q.weight_only_max_tokens = 0  # off: the LLM.int8() product for every input
-    ref8 = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0)
+    ref8 = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation=q.activation)
     torch.testing.assert_close(q(X).double(), ref8, rtol=0, atol=1e-5 * ref8.abs().max().item())

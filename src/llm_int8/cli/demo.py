@@ -88,7 +88,10 @@ def _cmd_demo(args) -> int:
         print("| model | perplexity |")
         print("| --- | --- |")
         print(f"| fp32 | {ppl_fp32.perplexity:.3f} |")
-        print(f"| LLM.int8() | {ppl_int8.perplexity:.3f} ({delta:+.2f}%) |")
+        print(
+            f"| LLM.int8() ({args.activation} activations, α = {args.threshold:g}) "
+            f"| {ppl_int8.perplexity:.3f} ({delta:+.2f}%) |"
+        )
     return 0
 
 

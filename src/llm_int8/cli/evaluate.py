@@ -7,11 +7,13 @@ import time
 
 import torch
 
+from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, PAPER_THRESHOLD
 from ._args import positive_int
 
 __all__ = ["register"]
 
-# The paper's Table 1 rows, in its order (kept in step with llm_int8.evaluation.METHODS by a test).
+# The paper's Table 1 rows, in its order, then the library's default (kept in step with
+# llm_int8.evaluation.METHODS by a test).
 _DEFAULT_METHODS = ",".join(
     (
         "fp32",
@@ -23,6 +25,7 @@ _DEFAULT_METHODS = ",".join(
         "rowwise+decomp",
         "llm.int8",
         "zeropoint-llm.int8",
+        "default",
     )
 )
 
@@ -71,7 +74,8 @@ def _cmd_eval(args) -> int:
         "window": args.window,
         "hellaswag": str(args.hellaswag) if args.hellaswag else None,
         "hellaswag_limit": args.limit,
-        "threshold": 6.0,
+        "paper_threshold": PAPER_THRESHOLD,
+        "default_config": {"threshold": DEFAULT_THRESHOLD, "activation": DEFAULT_ACTIVATION},
         "dtype": "float32",
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

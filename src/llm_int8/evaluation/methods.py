@@ -15,7 +15,12 @@ method                    ``X`` scale  ``W`` scale      decomposition  how it ru
 ``rowwise+decomp``        per token    tensor           yes, α = 6    emulated, exact; outliers vs float W
 ``llm.int8``              per token    per out feature  yes, α = 6    library: ``quantize_model(threshold=6)``
 ``zeropoint-llm.int8``    per token    per out feature  yes, α = 6    emulated, exact (zeropoint); float W
+``default``               per token    per out feature  yes           library: ``quantize_model()`` with
+                          (zeropoint)                                 this library's defaults
 ========================  ===========  ===============  ============  ====================================
+
+The first nine are the paper's Table 1 (absmax activations unless named zeropoint, α = 6 where
+decomposed); ``default`` is what ``quantize_model(model)`` gives, for the comparison with them.
 
 "Emulated, exact" means ``EmulatedInt8Linear``: int8 codes held as float64 integers, so the integer
 GEMM is reproduced bit for bit (see ``llm_int8.primitives.emulation``). "Tensor" scales are taken
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, Int8Config
+from ..config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, PAPER_THRESHOLD, Int8Config
 from ..integrations import quantize_model
 from ..primitives import QuantizedOperand, emulated_int8_matmul, quantize_operand
 
@@ -45,7 +50,8 @@ __all__ = ["METHODS", "EmulatedInt8Linear", "MethodSpec", "apply_method", "parse
 class MethodSpec:
     """One row of Table 1.
 
-    ``library``: run the real ``Int8Linear`` (then only ``threshold`` matters). Otherwise emulate with
+    ``library``: run the real ``Int8Linear`` (then only ``threshold`` and ``zeropoint``, the activation
+    codes, matter; the weight is always absmax vector-wise). Otherwise emulate with
     ``x_per_row`` / ``w_per_row`` scales, ``zeropoint`` (asymmetric) codes, and decomposition at
     ``threshold`` (0 = off) whose outlier columns meet the float weight (``outlier_weight="float"``)
     or the dequantized int8 weight (``"int8"``).
@@ -70,13 +76,15 @@ class MethodSpec:
             raise ValueError(f"outlier_weight must be 'float' or 'int8', got {self.outlier_weight!r}")
         if not self.threshold >= 0:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        if self.library and self.weight_zeropoint:
+            raise ValueError("library methods store an absmax vector-wise weight: set w_zeropoint=False")
 
     @property
     def is_float(self) -> bool:
         return self.name == "fp32"
 
 
-_A = DEFAULT_THRESHOLD
+_A = PAPER_THRESHOLD
 METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in (
@@ -106,9 +114,20 @@ METHODS: dict[str, MethodSpec] = {
             zeropoint=True,
             threshold=_A,
         ),
+        MethodSpec(
+            "default",
+            f"llm-int8's default: LLM.int8(), {DEFAULT_ACTIVATION} per-token activations, α = {DEFAULT_THRESHOLD:g}",
+            library=True,
+            x_per_row=True,
+            w_per_row=True,
+            zeropoint=DEFAULT_ACTIVATION == "zeropoint",
+            w_zeropoint=False,
+            threshold=DEFAULT_THRESHOLD,
+            outlier_weight="int8",
+        ),
     )
 }
-"""Methods by name, in the order of the paper's Table 1."""
+"""Methods by name: the paper's Table 1 in its order, then this library's default."""
 
 
 def parse_methods(text: str | list[str] | list[MethodSpec]) -> list[MethodSpec]:
@@ -241,7 +260,8 @@ def apply_method(
         return model
     converted = copy.deepcopy(model)
     if spec.library:
-        return quantize_model(converted, threshold=spec.threshold, skip_modules=skip_modules)
+        activation = "zeropoint" if spec.zeropoint else "absmax"
+        return quantize_model(converted, threshold=spec.threshold, skip_modules=skip_modules, activation=activation)
     if not _swap_linears(converted, spec, tuple(skip_modules)):
         raise ValueError(f"method {spec.name!r}: the model has no linear layer to quantize")
     return converted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD
 from ..ops import PackedWeightCache, compute_weight_row_sums, int8_linear, weight_only
 from ..primitives import ACTIVATION_QUANTIZERS, rowwise_quantize
 
@@ -22,8 +23,8 @@ class Int8Linear(nn.Module):
 
     No float copy of the weight is kept. The forward pass takes any float dtype and returns that
     dtype. ``threshold`` is the outlier threshold α (0 = pure vector-wise int8). ``activation``:
-    how each token's row of ``X`` is quantized, ``"absmax"`` (the paper) or ``"zeropoint"``
-    (asymmetric; see ``llm_int8.ops.int8_linear``). Neither is saved in ``state_dict``: the
+    how each token's row of ``X`` is quantized, ``"zeropoint"`` (asymmetric, the default; see
+    ``llm_int8.ops.int8_linear``) or ``"absmax"`` (the paper). Neither is saved in ``state_dict``: the
     stored weight is the same for both.
 
     ``weight_only_max_tokens``: inputs of at most this many tokens (decoding) run the int8-weight,
@@ -41,10 +42,10 @@ class Int8Linear(nn.Module):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        threshold: float = 6.0,
+        threshold: float = DEFAULT_THRESHOLD,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        activation: str = "absmax",
+        activation: str = DEFAULT_ACTIVATION,
         weight_only_max_tokens: int | None = None,
     ) -> None:
         super().__init__()
@@ -76,8 +77,8 @@ class Int8Linear(nn.Module):
     def from_linear(
         cls,
         linear: nn.Module,
-        threshold: float = 6.0,
-        activation: str = "absmax",
+        threshold: float = DEFAULT_THRESHOLD,
+        activation: str = DEFAULT_ACTIVATION,
         weight_only_max_tokens: int | None = None,
     ) -> Int8Linear:
         """Quantize an ``nn.Linear`` (or transformers' ``Conv1D``, whose weight is (in, out))."""
@@ -145,8 +146,7 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, threshold={self.threshold}"
-            + (f", activation={self.activation}" if self.activation != "absmax" else "")
+            f"bias={self.bias is not None}, threshold={self.threshold}" + f", activation={self.activation}"
         )
 
 
