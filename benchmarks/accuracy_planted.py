@@ -3,6 +3,7 @@
 Run: python benchmarks/accuracy_planted.py  (prints a Markdown table; numbers in README "Accuracy").
 Activations N(0, 1) with 6 feature dims at magnitude 8-20 (random sign), weights N(0, 1/K).
 """
+
 import torch
 
 from llm_int8 import Int8Linear

@@ -15,7 +15,9 @@ SmolLM2-135M-Instruct with ``llm_int8.integrations.load_model``, convert, then
 Variants: ``fp32``, ``bf16`` (``model.to(bfloat16)``), ``bnb`` (every ``nn.Linear`` but ``lm_head``
 swapped by hand for ``bnb.nn.Linear8bitLt(has_fp16_weights=False, threshold=6.0)``: transformers'
 ``BitsAndBytesConfig`` path needs a Hub/safetensors checkpoint, and the bundled model is GGUF),
-``llm_int8`` (``llm_int8.quantize_model(model, threshold=6.0)``, ``lm_head`` kept in float, as bnb).
+``llm_int8`` (``llm_int8.quantize_model(model)``: the library's defaults, zeropoint activations,
+α = 6, the weight-only path for decode steps; ``lm_head`` kept in float, as bnb), ``llm_int8_paper``
+(the paper's LLM.int8(): absmax activations, α = 6, the int8 x int8 product for every step).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, markdown_table, median, write_csv, write_text  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "bnb", "llm_int8")
+VARIANTS = ("fp32", "bf16", "bnb", "llm_int8", "llm_int8_paper")
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 32
 
@@ -88,7 +90,12 @@ def run_variant(variant: str, args) -> dict:
     elif variant == "bnb":
         _swap_bnb(model)
     elif variant == "llm_int8":
-        llm_int8.quantize_model(model, threshold=6.0)
+        llm_int8.quantize_model(model)
+    elif variant == "llm_int8_paper":
+        llm_int8.quantize_model(model, threshold=6.0, activation="absmax")
+        for module in model.modules():
+            if isinstance(module, llm_int8.Int8Linear):
+                module.weight_only_max_tokens = 0
     model.eval()
     state_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     ids = tokenize_text(tokenizer, read_text(args.text), max_tokens=args.prefill + PROMPT_TOKENS)

@@ -13,7 +13,13 @@ same weights and the same activations (~N(0, 1) with 6 emergent-outlier feature 
 Candidates:
 * ``fp32``, ``bf16``: ``nn.Linear`` in that dtype.
 * ``bnb``: bitsandbytes ``Linear8bitLt(has_fp16_weights=False, threshold=6.0)`` quantized by ``.to("cpu")``.
-* ``llm_int8``: ``llm_int8.Int8Linear`` (threshold 6.0), fp32 in and out, exact int8 GEMM.
+* ``llm_int8``: ``llm_int8.Int8Linear`` with the library's defaults (zeropoint activations, α = 6),
+  fp32 in and out: the exact int8 GEMM, or for M <= ``weight_only.AUTO_MAX_TOKENS`` the int8-weight
+  bf16-activation path (``ops/weight_only.py``). What a user gets.
+* ``llm_int8_int8path``: the same layer with the weight-only path off (``weight_only_max_tokens=0``):
+  LLM.int8()'s int8 x int8 product at every M (its crossover with the weight-only path sets
+  ``AUTO_MAX_TOKENS``).
+* ``llm_int8_absmax``: the paper's LLM.int8() exactly (absmax activations, int8 path at every M).
 * ``gemm_exact``: the int8 GEMM of ``llm_int8`` alone on codes (the ceiling for ``llm_int8``).
 * ``gemm_saturating``: the same kernel on M rows of 8-bit codes, which saturates on AVX2 and is NOT
   exact: the hardware's int8 speed if exactness were free (shown for reference only).
@@ -40,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
 
 from llm_int8 import Int8Linear  # noqa: E402
-from llm_int8.ops import _capability, cpu  # noqa: E402
+from llm_int8.ops import _capability, cpu, weight_only  # noqa: E402
 from llm_int8.ops.int8_linear import _quantize_activations  # noqa: E402
 
 SHAPES = {  # name: (in_features K, out_features N)
@@ -52,7 +58,17 @@ SHAPES = {  # name: (in_features K, out_features N)
 }
 TOKENS = (1, 16, 128, 512, 2048)
 OUTLIER_DIMS = 6
-CANDIDATES = ("fp32", "bf16", "bnb", "llm_int8", "gemm_exact", "gemm_saturating", "w8_bf16")
+CANDIDATES = (
+    "fp32",
+    "bf16",
+    "bnb",
+    "llm_int8",
+    "gemm_exact",
+    "gemm_saturating",
+    "w8_bf16",
+    "llm_int8_int8path",
+    "llm_int8_absmax",
+)
 W8_MAX_TOKENS = 128
 
 
@@ -97,6 +113,8 @@ def _candidates(modules: dict, packed: cpu.CpuInt8Weight, X: torch.Tensor, codes
         "bf16": lambda: modules["bf16"](X_bf16),
         "llm_int8": lambda: int8_layer(X),
         "gemm_exact": lambda: cpu.int8_mm_float(codes, int8_layer.weight_int8, packed),
+        "llm_int8_int8path": lambda: modules["llm_int8_int8path"](X),
+        "llm_int8_absmax": lambda: modules["llm_int8_absmax"](X),
     }
     if "bnb" in modules:
         fns["bnb"] = lambda: modules["bnb"](X)
@@ -113,9 +131,15 @@ def run_shape(name: str, K: int, N: int, tokens, args, rows: list[dict]) -> None
     linear = nn.Linear(K, N)
     with torch.no_grad():
         linear.weight.normal_(0, K**-0.5, generator=generator)
-    int8_layer = Int8Linear.from_linear(linear, threshold=6.0)
+    int8_layer = Int8Linear.from_linear(linear, threshold=6.0)  # library defaults otherwise
     packed = cpu.prepack(int8_layer.weight_int8, _capability.cpu_int8_backend())
-    modules = {"fp32": linear, "bf16": _bf16(linear), "llm_int8": int8_layer}
+    modules = {
+        "fp32": linear,
+        "bf16": _bf16(linear),
+        "llm_int8": int8_layer,
+        "llm_int8_int8path": Int8Linear.from_linear(linear, threshold=6.0, weight_only_max_tokens=0),
+        "llm_int8_absmax": Int8Linear.from_linear(linear, threshold=6.0, activation="absmax", weight_only_max_tokens=0),
+    }
     try:
         modules["bnb"] = _bnb_layer(linear)
     except ImportError:
@@ -175,6 +199,8 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         "int8 GEMM exact ms",
         "u8s8 saturating ms",
         "w8 bf16 ms",
+        "int8 path ms",
+        "paper absmax ms",
         "vs fp32",
         "vs bf16",
         "vs bnb",
@@ -195,6 +221,8 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
                 *[(f"{float(ms(c)):.2f}" if ms(c) else "skipped") for c in CANDIDATES[:5]],
                 f"{float(ms('gemm_saturating')):.2f}" if ms("gemm_saturating") else "-",
                 f"{float(ms('w8_bf16')):.2f}" if ms("w8_bf16") else "-",
+                f"{float(ms('llm_int8_int8path')):.2f}" if ms("llm_int8_int8path") else "skipped",
+                f"{float(ms('llm_int8_absmax')):.2f}" if ms("llm_int8_absmax") else "skipped",
                 _ratio(ms("fp32"), ms("llm_int8")),
                 _ratio(ms("bf16"), ms("llm_int8")),
                 _ratio(ms("bnb"), ms("llm_int8")),
@@ -205,8 +233,12 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
     return (
         "# Layer benchmark (CPU)\n\n"
         f"Command: `{command}`\n\n{machine}\n\n"
-        "Median time per call (see clock above); ratios are speedups of llm-int8 "
-        "(time of the peer / time of llm-int8).\n\n" + markdown_table(header, table) + "\n"
+        "Median time per call (see clock above); ratios are speedups of llm-int8 with its defaults "
+        "(time of the peer / time of llm-int8). `llm-int8` takes the weight-only path up to "
+        f"{weight_only.AUTO_MAX_TOKENS} tokens; `int8 path` is the same layer on LLM.int8()'s int8 x int8 "
+        "product at every M; `paper absmax` is the paper's LLM.int8() (absmax activations).\n\n"
+        + markdown_table(header, table)
+        + "\n"
     )
 
 
@@ -223,7 +255,13 @@ def plot(rows: list[dict], path: Path) -> None:
         for r in rows:
             if r["shape"] == shape and r["median_ms"]:
                 cells.setdefault(int(r["tokens"]), {})[r["candidate"]] = float(r["median_ms"])
-        for cand, style in (("bf16", "s--"), ("bnb", "^--"), ("llm_int8", "o-"), ("gemm_exact", "x:")):
+        for cand, style in (
+            ("bf16", "s--"),
+            ("bnb", "^--"),
+            ("llm_int8", "o-"),
+            ("llm_int8_int8path", "d-."),
+            ("gemm_exact", "x:"),
+        ):
             pts = [(M, c["fp32"] / c[cand]) for M, c in sorted(cells.items()) if cand in c and "fp32" in c]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=cand)

@@ -57,7 +57,8 @@ def test_checkpoint_written_by_bitsandbytes_loads_here(tmp_path):
 @pytest.mark.usefixtures("quiet_bnb")
 def test_checkpoint_written_here_loads_in_bitsandbytes(tmp_path):
     float_model = tiny_model("gpt2")
-    ours = quantize_model(tiny_model("gpt2"))  # Conv1D layers: exported (out, in) as bnb expects
+    # Conv1D layers: exported (out, in) as bnb expects; absmax activations, as bitsandbytes runs them
+    ours = quantize_model(tiny_model("gpt2"), activation="absmax")
     llm_int8.save_bitsandbytes(ours, tmp_path / "bnb")
     qc = json.loads((tmp_path / "bnb" / "config.json").read_text())["quantization_config"]
     assert qc["load_in_8bit"] and qc["llm_int8_threshold"] == 6.0 and "lm_head" in qc["llm_int8_skip_modules"]
@@ -71,5 +72,12 @@ def test_checkpoint_written_here_loads_in_bitsandbytes(tmp_path):
     quant_err = _rel_err(logits(ours), logits(float_model))
     assert _rel_err(logits(theirs), logits(ours)) < min(quant_err, 0.03)
     # and back: the bitsandbytes-format folder loads here with the very same codes
-    again = llm_int8.from_pretrained(tmp_path / "bnb", progress=False)
+    again = llm_int8.from_pretrained(tmp_path / "bnb", progress=False, activation="absmax")
     torch.testing.assert_close(logits(again), logits(ours), rtol=1e-5, atol=1e-5)
+
+
+def test_saving_zeropoint_activations_in_bitsandbytes_format_warns(tmp_path, caplog):
+    ours = quantize_model(tiny_model("gpt2"))  # the default: zeropoint activations
+    with caplog.at_level("WARNING", logger="llm_int8.integrations.saving"):
+        llm_int8.save_bitsandbytes(ours, tmp_path / "bnb")
+    assert "bitsandbytes will run these weights with absmax activations, not zeropoint" in caplog.text
