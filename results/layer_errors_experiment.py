@@ -22,5 +22,5 @@ floatw = MethodSpec(
     threshold=6.0,
     outlier_weight="float",
 )
-rows = layer_errors(m, ids, [METHODS["vectorwise"], METHODS["llm.int8"], floatw])
+rows = layer_errors(m, ids, [METHODS["vectorwise"], METHODS["llm.int8"], floatw, METHODS["default"]])
 json.dump(rows, open(sys.argv[1], "w"), indent=1)
