@@ -14,8 +14,8 @@ Candidates:
 * ``fp32``, ``bf16``: ``nn.Linear`` in that dtype.
 * ``bnb``: bitsandbytes ``Linear8bitLt(has_fp16_weights=False, threshold=6.0)`` quantized by ``.to("cpu")``.
 * ``llm_int8``: ``llm_int8.Int8Linear`` with the library's defaults (zeropoint activations, α = 6),
-  fp32 in and out: the exact int8 GEMM, or for M <= ``weight_only.AUTO_MAX_TOKENS`` the int8-weight
-  bf16-activation path (``ops/weight_only.py``). What a user gets.
+  fp32 in and out: the exact int8 GEMM, or for M <= ``weight_only.auto_max_tokens(K, N)`` the
+  int8-weight bf16-activation path (``ops/weight_only.py``). What a user gets.
 * ``llm_int8_int8path``: the same layer with the weight-only path off (``weight_only_max_tokens=0``):
   LLM.int8()'s int8 x int8 product at every M (its crossover with the weight-only path sets
   ``AUTO_MAX_TOKENS``).
@@ -235,7 +235,8 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         f"Command: `{command}`\n\n{machine}\n\n"
         "Median time per call (see clock above); ratios are speedups of llm-int8 with its defaults "
         "(time of the peer / time of llm-int8). `llm-int8` takes the weight-only path up to "
-        f"{weight_only.AUTO_MAX_TOKENS} tokens; `int8 path` is the same layer on LLM.int8()'s int8 x int8 "
+        f"min({weight_only.AUTO_MAX_TOKENS}, {weight_only.AUTO_MAX_MACS} / (K N)) tokens; `int8 path` is the "
+        "same layer on LLM.int8()'s int8 x int8 "
         "product at every M; `paper absmax` is the paper's LLM.int8() (absmax activations).\n\n"
         + markdown_table(header, table)
         + "\n"

@@ -158,7 +158,8 @@ def test_few_tokens_take_the_weight_only_path_by_default():
     if not _capability.has_weight_int8pack_mm():
         pytest.skip("torch._weight_int8pack_mm does not run on this CPU build")
     q = Int8Linear.from_linear(_linear())
-    assert q.weight_only_max_tokens is None and weight_only.AUTO_MAX_TOKENS >= 1
+    assert q.weight_only_max_tokens is None and weight_only.auto_max_tokens(40, 24) == weight_only.AUTO_MAX_TOKENS
+    assert weight_only.auto_max_tokens(4096, 4096) == 1 and weight_only.auto_max_tokens(4096, 11008) == 0
     X = torch.randn(1, 40)
     ref = int8_weight_only_reference(X.double(), q.weight_int8, q.weight_scale, q.bias)
     torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=2**-8 * ref.abs().max().item())

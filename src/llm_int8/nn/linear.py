@@ -30,7 +30,8 @@ class Int8Linear(nn.Module):
     ``weight_only_max_tokens``: inputs of at most this many tokens (decoding) run the int8-weight,
     bf16-activation kernel (``llm_int8.ops.weight_only``) instead, on CPU, where reading the weight
     is all the time there is; ``None`` (default) uses the measured crossover
-    ``weight_only.AUTO_MAX_TOKENS``, 0 turns it off. A runtime choice: set the attribute at will.
+    ``weight_only.auto_max_tokens(in_features, out_features)`` (up to 16 tokens on small layers, 1 on
+    4096 x 4096, none above 2**24 weights), 0 turns it off. A runtime choice: set the attribute at will.
 
     ``weight_scale`` stays float32 under ``module.to(dtype)`` / ``.half()``: the scales are part of
     the int8 format, and rounding them to 8 mantissa bits (bf16) would cost more accuracy than the
@@ -122,7 +123,7 @@ class Int8Linear(nn.Module):
 
     def _weight_only_limit(self) -> int:
         limit = self.weight_only_max_tokens
-        return weight_only.AUTO_MAX_TOKENS if limit is None else limit
+        return weight_only.auto_max_tokens(self.in_features, self.out_features) if limit is None else limit
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the int8 codes stand for, ``weight_int8 * weight_scale`` (a new tensor)."""

@@ -62,27 +62,35 @@ def _outlier_index(col_absmax: torch.Tensor, threshold: float) -> torch.Tensor:
     return O.nonzero().squeeze(1)  # (|O|,)
 
 
+def _split_outliers(X: torch.Tensor, threshold: float):
+    """Step 1 and the row ranges for step 2, from four reductions over ``X`` (M, K) float32.
+
+    Returns ``X_regular`` (``X`` with the columns in ``O`` zeroed; ``X`` itself when ``O`` is empty),
+    the indices of ``O``, and the per-row max and min of ``X_regular``. ``max|x|`` is taken as
+    ``max(max x, -min x)``: the same value as ``|X|.amax()``, without an ``|X|`` copy (4x slower
+    than the reductions on torch 2.13 CPU); ``amax`` / ``amin`` propagate NaN, so a NaN column is an
+    outlier. (``torch.aminmax`` is 15x slower than the two reductions there.)
+    """
+    col_absmax = torch.maximum(X.amax(dim=0), X.amin(dim=0).neg())  # (K,)
+    outlier_idx = _outlier_index(col_absmax, threshold)
+    X_regular = X.index_fill(1, outlier_idx, 0) if outlier_idx.numel() else X  # (M, K)
+    return X_regular, outlier_idx, X_regular.amax(dim=1), X_regular.amin(dim=1)
+
+
 def _quantize_activations(X: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Steps 1-2 from one ``|X|``: outlier dims ``O`` and the row-wise int8 codes of ``X`` without them.
+    """Steps 1-2: outlier dims ``O`` and the row-wise absmax int8 codes of ``X`` without them.
 
     Bit-identical to ``outlier_columns(X, threshold)`` followed by
     ``rowwise_quantize(X.index_fill(1, O, 0))``, which read ``X`` three times and copy it twice.
     Returns the codes ``X_i8`` (M, K) as float32 integers in [-127, 127] (zero in ``O``; the CPU
     kernels read them in that form), ``s_x`` (M,) float32 and the indices of ``O``.
     """
-    X = X.float()  # (M, K); no copy for float32
-    X_abs = X.abs()  # (M, K), the only pass over X besides the scaling below
-    outlier_idx = _outlier_index(X_abs.amax(dim=0), threshold)  # amax propagates NaN
-    if outlier_idx.numel():
-        X_abs.index_fill_(1, outlier_idx, 0)
-    absmax = X_abs.amax(dim=1)  # (M,)
+    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold)
+    absmax = torch.maximum(row_max, row_min.neg())  # (M,)
     # 127 / absmax; an all-zero row gets codes 0 and s_x 0 (rowwise_quantize gets the same codes
     # from 0 * inf = NaN cast to int8, which is 0 on CPU, but explicitly is better)
     inv_step = torch.where(absmax > 0, INT8_MAX / absmax, 0.0)  # (M,)
-    X_scaled = X * inv_step[:, None]  # (M, K)
-    if outlier_idx.numel():
-        X_scaled.index_fill_(1, outlier_idx, 0)
-    X_codes = X_scaled.round_().clamp_(-INT8_MAX, INT8_MAX)  # round half to even, as rowwise_quantize
+    X_codes = (X_regular * inv_step[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)  # half to even
     if torch.isinf(inv_step).any():
         # absmax < 127 / float32 max: nonzero entries became +-inf -> +-127 (as in rowwise_quantize),
         # zeros 0 * inf = NaN, which must be code 0 before any kernel reads it
@@ -99,11 +107,7 @@ def _quantize_activations_zeropoint(
     float32 integers in [-127, 127] (``zp_x`` in ``O``), ``s_x`` (M,), ``zp_x`` (M,) float32 and the
     indices of ``O``.
     """
-    X = X.float()  # (M, K)
-    col_min, col_max = torch.aminmax(X, dim=0)  # (K,) each; both propagate NaN
-    outlier_idx = _outlier_index(torch.maximum(col_max, col_min.neg()), threshold)
-    X_regular = X.index_fill(1, outlier_idx, 0) if outlier_idx.numel() else X  # (M, K)
-    row_min, row_max = torch.aminmax(X_regular, dim=1)  # (M,) each
+    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold)
     nd, zp = zeropoint_params(row_max, row_min)  # (M,) each: codes per unit, zero point
     X_codes = (X_regular * nd[:, None]).add_(zp[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)
     return X_codes, 1.0 / nd, zp, outlier_idx

@@ -18,11 +18,21 @@ import torch
 
 from . import _capability
 
-__all__ = ["AUTO_MAX_TOKENS", "int8_weight_only_linear"]
+__all__ = ["AUTO_MAX_MACS", "AUTO_MAX_TOKENS", "auto_max_tokens", "int8_weight_only_linear"]
 
-AUTO_MAX_TOKENS = 8
-"""Rows up to which ``Int8Linear`` takes this path by default on CPU: the measured crossover
-against the int8 x int8 path (``benchmarks/bench_layers.py``; BENCHMARKS.md)."""
+AUTO_MAX_TOKENS = 16
+AUTO_MAX_MACS = 2**24
+"""``Int8Linear`` takes this path by default (CPU) while ``tokens <= AUTO_MAX_TOKENS`` and
+``tokens * in_features * out_features <= AUTO_MAX_MACS``: the crossover measured against the int8 x
+int8 path (``benchmarks/bench_layers.py``, BENCHMARKS.md section (c)). This kernel's time grows
+linearly with the tokens, the int8 path's is mostly a fixed per-call overhead at small M: on the
+576 x 1536 layers of SmolLM2 it wins up to 16 tokens (not at 128), on 4096 x 4096 only at 1 token,
+and on 4096 x 11008 not at all."""
+
+
+def auto_max_tokens(in_features: int, out_features: int) -> int:
+    """The default ``weight_only_max_tokens`` of an (in, out) layer (0 for layers above 2**24 weights)."""
+    return min(AUTO_MAX_TOKENS, AUTO_MAX_MACS // (in_features * out_features))
 
 
 def int8_weight_only_linear(
