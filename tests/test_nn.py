@@ -30,7 +30,8 @@ def test_from_linear_stores_only_int8_weight_and_float32_scales():
 @pytest.mark.parametrize("activation", ["absmax", "zeropoint"])
 def test_forward_is_the_llm_int8_reference(activation):
     lin = _linear()
-    q = Int8Linear.from_linear(lin, threshold=6.0, activation=activation)
+    # weight_only_max_tokens=0: the LLM.int8() product even for few tokens (the few-token path is tested below)
+    q = Int8Linear.from_linear(lin, threshold=6.0, activation=activation, weight_only_max_tokens=0)
     X = torch.randn(11, 40) + 0.3
     X[:, 7] *= 20
     ref = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation=activation)
@@ -138,13 +139,13 @@ def test_frozen_weight_gradient_reaches_an_adapter_below():
 
 def test_zeropoint_layer_saves_the_same_state_and_follows_weight_changes():
     lin = _linear()
-    q = Int8Linear.from_linear(lin, activation="zeropoint")
+    q = Int8Linear.from_linear(lin, activation="zeropoint", weight_only_max_tokens=0)
     assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias"}  # row sums are derived, not saved
     assert "activation=zeropoint" in repr(q)
-    X = torch.randn(12, 40) + 1.0  # more tokens than the weight-only path takes
+    X = torch.randn(12, 40) + 1.0
     before = q(X)
     # the cached row sums follow an in-place write to the weight (load_state_dict copies in place)
-    other = Int8Linear.from_linear(_linear(), activation="zeropoint")
+    other = Int8Linear.from_linear(_linear(), activation="zeropoint", weight_only_max_tokens=0)
     q.load_state_dict(other.state_dict())
     assert torch.equal(q(X), other(X)) and not torch.equal(q(X), before)
     ref = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation="zeropoint")
