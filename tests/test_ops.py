@@ -37,6 +37,15 @@ def _planted(M, K, dims=(3, 11), magnitude=15.0):
     return X
 
 
+def _dequantized_linear(W_i8, s_w, b) -> torch.nn.Linear:
+    """``nn.Linear`` holding the weight the int8 codes stand for: what non-finite inputs should do."""
+    linear = torch.nn.Linear(W_i8.shape[1], W_i8.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(W_i8.float() * s_w[:, None])
+        linear.bias.copy_(b)
+    return linear
+
+
 def _rel_err(Y, exact):
     return ((Y.double() - exact).norm() / exact.norm()).item()
 
@@ -130,10 +139,7 @@ def test_all_zero_rows_give_the_bias_and_no_nan(activation):
 def test_nan_and_inf_propagate_like_nn_linear(threshold, activation):
     K, N = 32, 12
     W, W_i8, s_w, b = _layer(K, N)
-    linear = torch.nn.Linear(K, N)
-    with torch.no_grad():
-        linear.weight.copy_(W_i8.float() * s_w[:, None])
-        linear.bias.copy_(b)
+    linear = _dequantized_linear(W_i8, s_w, b)
     X = torch.randn(6, K)
     X[1, 4] = float("nan")
     X[3, 9] = float("inf")
@@ -289,10 +295,7 @@ def test_weight_only_path_propagates_nan_and_inf_like_nn_linear():
 
     K, N = 32, 12
     _, W_i8, s_w, b = _layer(K, N)
-    linear = torch.nn.Linear(K, N)
-    with torch.no_grad():
-        linear.weight.copy_(W_i8.float() * s_w[:, None])
-        linear.bias.copy_(b)
+    linear = _dequantized_linear(W_i8, s_w, b)
     X = torch.randn(3, K)
     X[0, 4] = float("nan")
     X[1, 9] = float("inf")

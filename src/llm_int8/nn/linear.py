@@ -147,7 +147,7 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, threshold={self.threshold}" + f", activation={self.activation}"
+            f"bias={self.bias is not None}, threshold={self.threshold}, activation={self.activation}"
         )
 
 
