@@ -14,6 +14,7 @@ from llm_int8.primitives import (
     emulated_int8_matmul,
     exact_quantized_product,
     int8_linear_reference,
+    integer_matmul,
     quantize_operand,
 )
 
@@ -113,6 +114,24 @@ def test_integer_product_is_exact_for_large_k():
     expected = A.long() @ B.long().T
     assert torch.equal(C.long(), expected)
     assert C[0, 0] == -K * 127**2
+
+
+@pytest.mark.parametrize("precision", ["highest", "medium"])
+def test_integer_product_is_exact_for_worst_zeropoint_codes(precision):
+    """Centred zeropoint codes reach +-254: the float32 slices must stay below 2**24 (and a
+    reduced float32 matmul precision must fall back to float64)."""
+    K = 5000
+    A = torch.randint(-254, 255, (6, K)).double()
+    B = torch.randint(-254, 255, (5, K)).double()
+    A[0], B[0] = 254.0, 254.0  # |sum| = K * 254**2 > 2**28
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        C = integer_matmul(A, B)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert C.dtype == torch.float64
+    assert torch.equal(C.long(), A.long() @ B.long().T) and C[0, 0] == K * 254**2
 
 
 def test_zeropoint_product_equals_unrolled_form():

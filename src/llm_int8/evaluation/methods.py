@@ -169,8 +169,8 @@ class EmulatedInt8Linear(nn.Module):
         self.register_buffer("weight_scale", Wq.scale)
         self.register_buffer("weight_zero_point", Wq.zero_point)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        # (W_q - zp_w) as float64 integers, converted once rather than on every forward (not saved)
-        self.register_buffer("weight_centred", Wq.centred(), persistent=False)
+        # (W_q - zp_w) as float32 integers (exact), converted once rather than on every forward (not saved)
+        self.register_buffer("weight_centred", Wq.centred(torch.float32), persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Module, spec: MethodSpec) -> EmulatedInt8Linear:

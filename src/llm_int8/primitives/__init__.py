@@ -26,6 +26,12 @@ __all__ = [
     "zeropoint_quantize",
 ]
 
-from .emulation import QuantizedOperand, emulated_int8_matmul, exact_quantized_product, quantize_operand  # noqa: E402
+from .emulation import (  # noqa: E402
+    QuantizedOperand,
+    emulated_int8_matmul,
+    exact_quantized_product,
+    integer_matmul,
+    quantize_operand,
+)
 
-__all__ += ["QuantizedOperand", "emulated_int8_matmul", "exact_quantized_product", "quantize_operand"]
+__all__ += ["QuantizedOperand", "emulated_int8_matmul", "exact_quantized_product", "integer_matmul", "quantize_operand"]

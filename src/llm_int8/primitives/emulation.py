@@ -9,12 +9,17 @@ where ``X_q, s_x, zp_x`` and ``W_q, s_w, zp_w`` are int8 codes, dequantization s
 feature for ``W``), and ``O`` is the set of outlier columns of ``X`` (empty without decomposition).
 
 The integer sum is *emulated exactly*: the centred codes ``X_q - zp_x`` and ``W_q - zp_w`` are
-integers in ``[-254, 254]``, held in float64, so every partial sum of their products is an integer
-of magnitude at most ``K * 254**2`` — exactly representable below 2**53, i.e. for any ``K`` below
-1.3e11. The result therefore equals an int32/int64 GEMM bit for bit (for zeropoint: the paper's
-int16 product ``(A_i8 + zp_a)(B_i8 + zp_b)``, or its unrolled form
+integers in ``[-254, 254]``, so every partial sum of their products is an integer. On the CPU the
+product runs as float32 GEMMs over slices of ``K`` short enough that no partial sum can reach
+2**24 (where float32 stops holding every integer): ``K_slice * max|X_c| * max|W_c| < 2**24``, e.g.
+1,040 columns at once for absmax codes, 260 for the worst zeropoint codes. Each slice's result is
+then an exact integer whatever order the GEMM adds in, and the slices are summed in float64
+(exact below 2**53). Elsewhere (CUDA, where TF32 may be on) or when
+``torch.set_float32_matmul_precision`` allows reduced precision, the whole product is done in
+float64, exact for any ``K`` below 1.3e11. Either way the result equals an int32/int64 GEMM bit for
+bit (for zeropoint: the paper's int16 product ``(A_i8 + zp_a)(B_i8 + zp_b)``, or its unrolled form
 ``A_i8 B_i8 - A_i8 zp_b - zp_a B_i8 + zp_a zp_b``, which are the same integer). The denormalization
-and the outlier part are done in float64 too and cast to ``X``'s dtype once at the end.
+and the outlier part are done in float64 and cast to ``X``'s dtype once at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from .outliers import outlier_columns
 from .quantize import rowwise_quantize, zeropoint_quantize
 
-__all__ = ["QuantizedOperand", "emulated_int8_matmul", "exact_quantized_product", "quantize_operand"]
+__all__ = ["QuantizedOperand", "emulated_int8_matmul", "exact_quantized_product", "integer_matmul", "quantize_operand"]
 
 
 class QuantizedOperand(NamedTuple):
@@ -40,12 +45,13 @@ class QuantizedOperand(NamedTuple):
     scale: torch.Tensor  # (rows,) or () float32
     zero_point: torch.Tensor | None  # like scale, int32, or None
 
-    def centred(self) -> torch.Tensor:
-        """``codes - zero_point`` as float64 integers in [-254, 254], shape (rows, K)."""
-        C = self.codes.double()
+    def centred(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """``codes - zero_point`` as integers in [-254, 254], shape (rows, K), in float ``dtype``
+        (float32 and float64 hold them exactly)."""
+        C = self.codes.to(dtype)
         if self.zero_point is None:
             return C
-        zp = self.zero_point.double()
+        zp = self.zero_point.to(dtype)
         return C - (zp[:, None] if zp.dim() else zp)
 
     def dequantize(self) -> torch.Tensor:
@@ -81,12 +87,37 @@ def exact_quantized_product(
     """
     if Xq.codes.shape[-1] != Wq.codes.shape[-1]:
         raise ValueError(f"inner dimensions differ: X {tuple(Xq.codes.shape)}, W {tuple(Wq.codes.shape)}")
-    W_c = Wq.centred() if W_centred is None else W_centred  # (N, K) float64 integers
-    C_int = Xq.centred() @ W_c.T  # (M, N), integer-valued, exact below 2**53
+    W_c = Wq.centred() if W_centred is None else W_centred  # (N, K) float integers
+    C_int = integer_matmul(Xq.centred(torch.float32), W_c)  # (M, N) float64, exact
     s_x, s_w = Xq.scale.double(), Wq.scale.double()
     s_x = s_x[:, None] if s_x.dim() else s_x  # (M, 1) or ()
     s_w = s_w[None, :] if s_w.dim() else s_w  # (1, N) or ()
     return C_int * s_x * s_w
+
+
+_FLOAT32_EXACT = 2**24  # float32 holds every integer of magnitude <= 2**24
+
+
+def integer_matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``A @ B.T`` for integer-valued float tensors ``A`` (M, K) and ``B`` (N, K), exact, as float64.
+
+    Float32 GEMMs over ``K`` slices where no partial sum can reach 2**24, summed in float64 (CPU,
+    full-precision float32 matmul); float64 otherwise. See the module docstring.
+    """
+    K = A.shape[-1]
+    fast = A.device.type == "cpu" and torch.get_float32_matmul_precision() == "highest" and K > 0
+    if fast:
+        bound = float(A.abs().amax()) * float(B.abs().amax())  # largest |product| of two entries
+        step = K if bound == 0 else int((_FLOAT32_EXACT - 1) // bound)
+        fast = step >= 16  # codes up to ~1000: a slice still fills a GEMM
+    if not fast:
+        return A.double() @ B.double().T
+    A32, B32 = A.float(), B.float()  # exact: integers far below 2**24
+    C = None
+    for k in range(0, K, step):
+        part = (A32[:, k : k + step] @ B32[:, k : k + step].T).double()
+        C = part if C is None else C.add_(part)
+    return C
 
 
 def emulated_int8_matmul(
