@@ -1,33 +1,47 @@
 """Paired comparison of HellaSwag acc_norm choices, task by task, from ``llm-int8 eval`` JSON files.
 
-Usage: python results/hellaswag_paired.py HELLASWAG_FILE LIMIT JSON [JSON ...]
-  e.g. python results/hellaswag_paired.py ../shared/data/hellaswag/hellaswag_val_full.txt.bz2 1000 \\
-           results/hellaswag_1000_fp32_paper.json results/full_default.json
+Usage: python results/hellaswag_paired.py HELLASWAG_FILE JSON [JSON ...]
+  e.g. python results/hellaswag_paired.py ../shared/data/hellaswag/hellaswag_val_full.txt.bz2 \\
+           results/hellaswag_1000_fp32_paper.json results/full_default.json \\
+           results/hellaswag_1000-1999_fp32_default.json
 
-For every method against ``fp32``: acc_norm, the difference in points, the standard error of that
-difference from the per-task differences (paired: the same tasks), and how many choices differ."""
+Each JSON says which tasks it scored (``settings.hellaswag_skip``, ``settings.hellaswag_limit``).
+Runs of one method over disjoint task ranges are joined, so a long evaluation can be split. Every
+method is compared with ``fp32`` on the tasks both scored: acc_norm, the difference in points, its
+paired standard error (``llm_int8.evaluation.paired_difference``), and how many choices differ."""
 
 import json
-import math
 import sys
 
-from llm_int8.evaluation import read_hellaswag
+from llm_int8.evaluation import paired_difference, read_hellaswag
 
-tasks = read_hellaswag(sys.argv[1], limit=int(sys.argv[2]))
-labels = [t.label for t in tasks]
-choices = {}
-for path in sys.argv[3:]:
-    for row in json.load(open(path))["results"]:
+path, files = sys.argv[1], sys.argv[2:]
+choices: dict[str, dict[int, int]] = {}  # method -> task index -> acc_norm choice
+labels: dict[int, int] = {}
+for name in files:
+    data = json.load(open(name))
+    skip = data["settings"].get("hellaswag_skip") or 0
+    tasks = read_hellaswag(path, limit=data["settings"]["hellaswag_limit"], skip=skip)
+    labels.update({skip + i: t.label for i, t in enumerate(tasks)})
+    for row in data["results"]:
         if "hellaswag_predictions" in row:
-            choices[row["method"]] = row["hellaswag_predictions"]
-base = [int(p == y) for p, y in zip(choices["fp32"], labels, strict=True)]
-n = len(base)
-print("| method | acc_norm | Δ vs fp32 (points) | paired standard error (points) | choices differing from fp32 |")
-print("| --- | --- | --- | --- | --- |")
+            seen = choices.setdefault(row["method"], {})
+            for i, p in enumerate(row["hellaswag_predictions"]):
+                if skip + i in seen:
+                    raise SystemExit(f"{name}: {row['method']} scored task {skip + i} twice")
+                seen[skip + i] = p
+base = choices["fp32"]
+print(
+    "| method | tasks | acc_norm | Δ vs fp32 (points) | paired standard error (points) | choices differing from fp32 |"
+)
+print("| --- | --- | --- | --- | --- | --- |")
 for method, preds in choices.items():
-    right = [int(p == y) for p, y in zip(preds, labels, strict=True)]
-    diff = [r - b for r, b in zip(right, base, strict=True)]
-    mean = sum(diff) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diff) / (n - 1) / n)
-    differ = sum(p != q for p, q in zip(preds, choices["fp32"], strict=True))
-    print(f"| `{method}` | {100 * sum(right) / n:.2f} | {100 * mean:+.2f} | {100 * se:.2f} | {differ} of {n} |")
+    idx = sorted(set(preds) & set(base))
+    y = [labels[i] for i in idx]
+    d = paired_difference(y, [base[i] for i in idx], [preds[i] for i in idx])
+    acc = sum(preds[i] == labels[i] for i in idx) / len(idx)
+    span = f"{idx[0]}–{idx[-1]}" if idx[-1] - idx[0] + 1 == len(idx) else f"{len(idx)} (not contiguous)"
+    print(
+        f"| `{method}` | {span} | {100 * acc:.2f} | {100 * d.difference:+.2f} | {100 * d.stderr:.2f}"
+        f" | {d.differing} of {d.tasks} |"
+    )

@@ -12,6 +12,7 @@ from llm_int8.cli import main
 from llm_int8.evaluation import (
     apply_method,
     compare_methods,
+    paired_difference,
     perplexity,
     read_hellaswag,
     read_text,
@@ -44,6 +45,10 @@ def test_read_hellaswag_parses_tasks(tmp_path, name):
     assert tasks[0].context == TASK[0] and tasks[0].label == 2 and tasks[0].endings[2] == "fries it."
     assert tasks[1].label == 0
     assert len(read_hellaswag(_write(tmp_path, TASK + second, name), limit=1)) == 1
+    skipped = read_hellaswag(_write(tmp_path, TASK + second, name), limit=5, skip=1)
+    assert [t.label for t in skipped] == [0]
+    with pytest.raises(ValueError, match="holds 2 tasks, cannot skip 2"):
+        read_hellaswag(_write(tmp_path, TASK + second, name), skip=2)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +83,7 @@ def test_read_real_hellaswag(hellaswag_path):
     tasks = read_hellaswag(hellaswag_path, limit=20)
     assert len(tasks) == 20 and all(0 <= t.label <= 3 and len(t.endings) == 4 for t in tasks)
     assert tasks[0].context.startswith("Roof shingle removal: ")
+    assert read_hellaswag(hellaswag_path, limit=5, skip=15) == tasks[15:]
 
 
 # --- HellaSwag scoring on the real model ---------------------------------------------------------
@@ -167,6 +173,27 @@ def test_markdown_table_and_plot(tmp_path):
     assert "| `llm.int8` | LLM.int8() | 20.100 | +0.50% | 40.00 | 49.00 | -1.00 |" in table
     png = plot_comparison(ROWS, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_difference_by_hand():
+    labels = [0, 1, 2, 3, 0, 1]
+    base = [0, 1, 0, 0, 0, 1]  # right on tasks 0, 1, 4, 5
+    other = [0, 0, 2, 0, 0, 2]  # right on tasks 0, 2, 4: per-task differences 0, -1, +1, 0, 0, -1
+    d = paired_difference(labels, base, other)
+    mean = -1 / 6
+    var = (3 * mean**2 + 2 * (-1 - mean) ** 2 + (1 - mean) ** 2) / 5
+    assert d.difference == pytest.approx(mean) and d.stderr == pytest.approx((var / 6) ** 0.5)
+    assert (d.differing, d.tasks) == (3, 6)
+    assert paired_difference(labels, base, base).stderr == 0
+    with pytest.raises(ValueError, match="as long"):
+        paired_difference(labels, base, other[:-1])
+
+
+def test_markdown_table_paired_column():
+    rows = [dict(ROWS[0], hellaswag_predictions=[0, 1, 0, 0]), dict(ROWS[1], hellaswag_predictions=[0, 0, 2, 0])]
+    table = markdown_table(rows, labels=[0, 1, 2, 3])
+    assert "Δ acc_norm (points ± paired SE)" in table
+    assert "| -1.00 ± 40.82 (2 choices differ) |" in table  # per-task differences 0, -1, +1, 0
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

@@ -6,13 +6,20 @@ import argparse
 
 from ..config import ACTIVATION_QUANTIZERS, DEFAULT_ACTIVATION, DEFAULT_THRESHOLD
 
-__all__ = ["add_int8_options", "positive_int", "threshold"]
+__all__ = ["add_int8_options", "nonnegative_int", "positive_int", "threshold"]
 
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return value
 
 

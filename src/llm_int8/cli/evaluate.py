@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, PAPER_THRESHOLD
-from ._args import positive_int
+from ._args import nonnegative_int, positive_int
 
 __all__ = ["register"]
 
@@ -40,7 +40,7 @@ def _cmd_eval(args) -> int:
     if args.text is None and args.hellaswag is None:
         raise ValueError("give --text (perplexity) and/or --hellaswag (zero-shot accuracy)")
     text = read_text(args.text) if args.text else None
-    tasks = read_hellaswag(args.hellaswag, limit=args.limit) if args.hellaswag else None
+    tasks = read_hellaswag(args.hellaswag, limit=args.limit, skip=args.skip_tasks) if args.hellaswag else None
 
     t0 = time.perf_counter()
     print(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} in float32 ...", flush=True)
@@ -74,6 +74,7 @@ def _cmd_eval(args) -> int:
         "window": args.window,
         "hellaswag": str(args.hellaswag) if args.hellaswag else None,
         "hellaswag_limit": args.limit,
+        "hellaswag_skip": args.skip_tasks,
         "paper_threshold": PAPER_THRESHOLD,
         "default_config": {"threshold": DEFAULT_THRESHOLD, "activation": DEFAULT_ACTIVATION},
         "dtype": "float32",
@@ -83,7 +84,7 @@ def _cmd_eval(args) -> int:
         "seconds": time.perf_counter() - t0,
     }
     model_name = args.model or "SmolLM2-135M-Instruct (bundled GGUF)"
-    table = markdown_table(rows)
+    table = markdown_table(rows, labels=None if tasks is None else [t.label for t in tasks])
     print("\n" + table)
     write_json(args.json, {"results": rows, "model": model_name, "settings": settings})
     print(f"wrote {args.json}")
@@ -115,6 +116,12 @@ def register(sub) -> None:
     p.add_argument("--window", type=positive_int, default=512, help="perplexity window in tokens (default 512)")
     p.add_argument("--hellaswag", help="HellaSwag file (6 lines per task, .txt or .bz2)")
     p.add_argument("--limit", type=positive_int, default=None, help="score only the first K HellaSwag tasks")
+    p.add_argument(
+        "--skip-tasks",
+        type=nonnegative_int,
+        default=0,
+        help="start after the first S HellaSwag tasks (to split a long run into disjoint ranges)",
+    )
     p.add_argument("--json", required=True, help="where to write the results (JSON; written only on success)")
     p.add_argument("--markdown", help="also write the table as Markdown")
     p.add_argument("--plot", help="also write a bar chart (PNG)")

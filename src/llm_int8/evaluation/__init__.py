@@ -1,7 +1,14 @@
 """Evaluating quantized models: perplexity, HellaSwag, and the paper's Table 1 method comparison."""
 
 from .compare import compare_methods
-from .hellaswag import HellaSwagResult, HellaSwagTask, read_hellaswag, score_hellaswag
+from .hellaswag import (
+    HellaSwagResult,
+    HellaSwagTask,
+    PairedDifference,
+    paired_difference,
+    read_hellaswag,
+    score_hellaswag,
+)
 from .methods import METHODS, EmulatedInt8Linear, MethodSpec, apply_method, parse_methods
 from .perplexity import PerplexityResult, perplexity, read_text, tokenize_text
 
@@ -11,9 +18,11 @@ __all__ = [
     "HellaSwagResult",
     "HellaSwagTask",
     "MethodSpec",
+    "PairedDifference",
     "PerplexityResult",
     "apply_method",
     "compare_methods",
+    "paired_difference",
     "parse_methods",
     "perplexity",
     "read_hellaswag",

@@ -24,7 +24,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["HellaSwagResult", "HellaSwagTask", "read_hellaswag", "score_hellaswag"]
+__all__ = [
+    "HellaSwagResult",
+    "HellaSwagTask",
+    "PairedDifference",
+    "paired_difference",
+    "read_hellaswag",
+    "score_hellaswag",
+]
 
 _LINES_PER_TASK = 6
 _N_ENDINGS = 4
@@ -46,8 +53,40 @@ class HellaSwagResult:
     log_likelihoods: tuple[tuple[float, ...], ...]  # per task, per ending (summed, nats)
 
 
-def read_hellaswag(path: str | os.PathLike, limit: int | None = None) -> list[HellaSwagTask]:
-    """Parse the first ``limit`` tasks (all if ``None``) of a HellaSwag file.
+@dataclass(frozen=True)
+class PairedDifference:
+    """Accuracy of ``other`` minus accuracy of ``base`` on the same tasks, in fractions.
+
+    ``stderr`` is the standard error of that difference from the per-task differences (paired, so
+    the tasks both get right or both get wrong add no noise); ``differing``: tasks where the two
+    chose differently; ``tasks``: how many were compared.
+    """
+
+    difference: float
+    stderr: float
+    differing: int
+    tasks: int
+
+
+def paired_difference(labels: list[int], base: list[int], other: list[int]) -> PairedDifference:
+    """Paired comparison of two methods' choices (e.g. ``HellaSwagResult.predictions``) on one task list."""
+    if not (len(labels) == len(base) == len(other)):
+        raise ValueError(f"labels, base and other must be as long, got {len(labels)}, {len(base)}, {len(other)}")
+    n = len(labels)
+    if n < 2:
+        raise ValueError(f"a paired difference needs at least 2 tasks, got {n}")
+    diffs = [int(o == y) - int(b == y) for y, b, o in zip(labels, base, other, strict=True)]
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    differing = sum(b != o for b, o in zip(base, other, strict=True))
+    return PairedDifference(mean, (var / n) ** 0.5, differing, n)
+
+
+def read_hellaswag(path: str | os.PathLike, limit: int | None = None, skip: int = 0) -> list[HellaSwagTask]:
+    """Parse ``limit`` tasks (all if ``None``) of a HellaSwag file, after skipping the first ``skip``.
+
+    ``skip`` lets a long evaluation be split into runs over disjoint task ranges (every task is
+    still parsed and checked).
 
     A malformed file is a ``ValueError`` naming the file and the 1-based line.
     """
@@ -56,6 +95,8 @@ def read_hellaswag(path: str | os.PathLike, limit: int | None = None) -> list[He
         raise FileNotFoundError(f"HellaSwag file not found: {p}")
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0, got {skip}")
     opener = bz2.open if p.suffix == ".bz2" else open
     tasks: list[HellaSwagTask] = []
     block: list[str] = []
@@ -67,7 +108,7 @@ def read_hellaswag(path: str | os.PathLike, limit: int | None = None) -> list[He
                 if len(block) == _LINES_PER_TASK:
                     tasks.append(_parse_task(block, p, lineno - _LINES_PER_TASK + 1))
                     block = []
-                    if limit is not None and len(tasks) >= limit:
+                    if limit is not None and len(tasks) >= skip + limit:
                         break
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise ValueError(f"{p}: cannot read as a HellaSwag file: {err}") from err
@@ -77,7 +118,9 @@ def read_hellaswag(path: str | os.PathLike, limit: int | None = None) -> list[He
         raise ValueError(f"{p}: line {first}: incomplete task at end of file ({len(block)} of {_LINES_PER_TASK} lines)")
     if not tasks:
         raise ValueError(f"{p}: no HellaSwag task found (empty file?)")
-    return tasks
+    if skip >= len(tasks):
+        raise ValueError(f"{p}: holds {len(tasks)} tasks, cannot skip {skip}")
+    return tasks[skip:]
 
 
 def _parse_task(block: list[str], path: Path, first_line: int) -> HellaSwagTask:

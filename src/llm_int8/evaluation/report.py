@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .._files import atomic_output, atomic_write
+from .hellaswag import paired_difference
 
 __all__ = ["atomic_write", "markdown_table", "plot_comparison", "write_json"]
 
@@ -19,8 +20,12 @@ def _fmt(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def markdown_table(rows: list[dict], baseline: str = "fp32") -> str:
-    """Perplexity and HellaSwag per method, with the change against ``baseline`` where it was run."""
+def markdown_table(rows: list[dict], baseline: str = "fp32", labels: list[int] | None = None) -> str:
+    """Perplexity and HellaSwag per method, with the change against ``baseline`` where it was run.
+
+    With the HellaSwag gold ``labels``, the acc_norm change also gets its paired standard error and
+    the number of tasks whose choice differs from ``baseline`` (from ``hellaswag_predictions``).
+    """
     base = next((r for r in rows if r["method"] == baseline), None)
     has_ppl = any("perplexity" in r for r in rows)
     has_hs = any("hellaswag_acc" in r for r in rows)
@@ -28,7 +33,7 @@ def markdown_table(rows: list[dict], baseline: str = "fp32") -> str:
     if has_ppl:
         head += ["perplexity", f"Δ vs {baseline}"]
     if has_hs:
-        head += ["HellaSwag acc", "acc_norm", "Δ acc_norm (points)"]
+        head += ["HellaSwag acc", "acc_norm", "Δ acc_norm (points" + (" ± paired SE)" if labels else ")")]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cells = [f"`{r['method']}`", r.get("description", "")]
@@ -42,12 +47,21 @@ def markdown_table(rows: list[dict], baseline: str = "fp32") -> str:
         if has_hs:
             acc, accn = r.get("hellaswag_acc"), r.get("hellaswag_acc_norm")
             cells += [_fmt(acc and acc * 100, ".2f"), _fmt(accn and accn * 100, ".2f")]
-            if base is not None and accn is not None and base.get("hellaswag_acc_norm") is not None:
-                cells.append(f"{(accn - base['hellaswag_acc_norm']) * 100:+.2f}")
-            else:
-                cells.append("—")
+            cells.append(_acc_norm_change(r, base, labels))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _acc_norm_change(row: dict, base: dict | None, labels: list[int] | None) -> str:
+    accn = row.get("hellaswag_acc_norm")
+    if base is None or accn is None or base.get("hellaswag_acc_norm") is None:
+        return "—"
+    text = f"{(accn - base['hellaswag_acc_norm']) * 100:+.2f}"
+    preds, base_preds = row.get("hellaswag_predictions"), base.get("hellaswag_predictions")
+    if labels is not None and preds is not None and base_preds is not None and row is not base and len(labels) > 1:
+        d = paired_difference(labels, base_preds, preds)
+        text += f" ± {d.stderr * 100:.2f} ({d.differing} choices differ)"
+    return text
 
 
 def plot_comparison(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path:
