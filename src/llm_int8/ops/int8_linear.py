@@ -29,7 +29,7 @@ from . import weight_only
 from .int8_mm import int8_mm_float
 from .prepack import PackedWeight
 
-__all__ = ["compute_weight_row_sums", "int8_linear"]
+__all__ = ["compute_weight_row_sums", "int8_linear", "takes_weight_only_path"]
 
 
 def _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation):
@@ -162,6 +162,18 @@ class _Int8LinearFunction(torch.autograd.Function):
         return grad_X, None, None, None, None, None, None
 
 
+def takes_weight_only_path(
+    x: torch.Tensor, in_features: int, bias: torch.Tensor | None, weight_only_max_tokens: int
+) -> bool:
+    """Whether ``int8_linear`` runs ``x`` through the weight-only kernel: at most
+    ``weight_only_max_tokens`` rows, the kernel available on ``x``'s device, no gradient needed.
+    (Callers that cache a packed weight skip building it for such calls.)"""
+    if x.numel() // max(in_features, 1) > weight_only_max_tokens:
+        return False
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+    return not needs_grad and weight_only.available(x.device)
+
+
 def int8_linear(
     x: torch.Tensor,
     weight_int8: torch.Tensor,
@@ -199,8 +211,7 @@ def int8_linear(
     if X.shape[0] == 0:
         out = x.new_zeros(*lead, N)
         return out if bias is None else out + bias.to(x.dtype)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
-    if X.shape[0] <= weight_only_max_tokens and not needs_grad and weight_only.available(x.device):
+    if takes_weight_only_path(x, K, bias, weight_only_max_tokens):
         return weight_only.int8_weight_only_linear(x, weight_int8, weight_scale, bias)
     if torch.is_grad_enabled() and x.requires_grad:
         C = _Int8LinearFunction.apply(
