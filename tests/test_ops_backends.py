@@ -276,12 +276,12 @@ def test_module_packs_once_and_repacks_when_the_weight_changes(packing_backend, 
     calls = []
     real = cpu.prepack
     monkeypatch.setattr(cpu, "prepack", lambda W, kernel: calls.append(kernel) or real(W, kernel))
-    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32), weight_only_max_tokens=0)  # the int8 x int8 path packs
     X = _planted(5, 64)
     Y = layer(X)
     layer(X)
     assert calls == [packing_backend]
-    other = Int8Linear.from_linear(torch.nn.Linear(64, 32))
+    other = Int8Linear.from_linear(torch.nn.Linear(64, 32), weight_only_max_tokens=0)
     layer.load_state_dict(other.state_dict())  # in-place copy into the buffers: version bump
     assert torch.equal(layer(X), other(X)) and not torch.equal(layer(X), Y)
     assert len(calls) == 3  # layer repacked once, other packed once
@@ -291,7 +291,7 @@ def test_module_packs_once_and_repacks_when_the_weight_changes(packing_backend, 
 
 
 def test_module_with_a_packed_weight_deepcopies_and_pickles(packing_backend):
-    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32), weight_only_max_tokens=0)
     X = _planted(5, 64)
     Y = layer(X)  # builds the (uncopyable, for oneDNN) packed layout
     for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
