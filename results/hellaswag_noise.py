@@ -1,0 +1,68 @@
+"""How much each int8 variant perturbs HellaSwag ending scores, on tasks kept out of the accuracy runs.
+
+Usage: python results/hellaswag_noise.py HELLASWAG_FILE SKIP COUNT OUT.json
+
+Scores tasks SKIP..SKIP+COUNT-1 (after the 2,000 used for accuracy, so choosing a variant here
+does not select on the accuracy tasks) with fp32 and each variant, and reports against fp32:
+the standard deviation of the change in each ending's length-normalised log-likelihood (the
+acc_norm score; nats per character), and how many acc_norm choices change. A variant that flips
+fewer choices loses less accuracy: a flip of a better-than-chance model costs accuracy on average.
+"""
+
+import copy
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from llm_int8.evaluation import read_hellaswag, score_hellaswag
+from llm_int8.integrations import load_model, quantize_model
+
+torch.set_grad_enabled(False)
+path, skip, count, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+tasks = read_hellaswag(path, limit=count, skip=skip)
+model, tok = load_model(None)
+chars = [[len(" " + e) for e in t.endings] for t in tasks]
+
+
+def scores(m):
+    r = score_hellaswag(m, tok, tasks)
+    return r, [ll / n for lls, ns in zip(r.log_likelihoods, chars) for ll, n in zip(lls, ns)]
+
+
+def variant(activation="zeropoint", threshold=6.0, weight_only=False):
+    m = quantize_model(copy.deepcopy(model), threshold=threshold, activation=activation)
+    if weight_only:  # X in bf16 against the same int8 weight, at every size: the weight's own share
+        for mod in m.modules():
+            if hasattr(mod, "weight_only_max_tokens"):
+                mod.weight_only_max_tokens = 10**9
+    return m
+
+
+base, base_s = scores(model)
+variants = {
+    "default (zeropoint, α=6)": dict(),
+    "zeropoint, α=5": dict(threshold=5.0),
+    "zeropoint, α=4": dict(threshold=4.0),
+    "zeropoint, α=3": dict(threshold=3.0),
+    "paper (absmax, α=6)": dict(activation="absmax"),
+    "int8 weight only (X bf16)": dict(weight_only=True),
+}
+rows = []
+for name, kw in variants.items():
+    t = time.perf_counter()
+    r, s = scores(variant(**kw))
+    d = [a - b for a, b in zip(s, base_s)]
+    rows.append(
+        {
+            "variant": name,
+            "score_change_std": statistics.pstdev(d),
+            "choices_changed": sum(p != q for p, q in zip(r.predictions, base.predictions)),
+            "acc_norm": r.acc_norm,
+            "seconds": time.perf_counter() - t,
+        }
+    )
+    print(rows[-1], flush=True)
+json.dump({"tasks": [skip, skip + count], "fp32_acc_norm": base.acc_norm, "rows": rows}, open(out, "w"), indent=1)
