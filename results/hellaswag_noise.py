@@ -29,7 +29,7 @@ chars = [[len(" " + e) for e in t.endings] for t in tasks]
 
 def scores(m):
     r = score_hellaswag(m, tok, tasks)
-    return r, [ll / n for lls, ns in zip(r.log_likelihoods, chars) for ll, n in zip(lls, ns)]
+    return r, [ll / n for lls, ns in zip(r.log_likelihoods, chars, strict=True) for ll, n in zip(lls, ns, strict=True)]
 
 
 def variant(activation="zeropoint", threshold=6.0, weight_only=False):
@@ -54,12 +54,12 @@ rows = []
 for name, kw in variants.items():
     t = time.perf_counter()
     r, s = scores(variant(**kw))
-    d = [a - b for a, b in zip(s, base_s)]
+    d = [a - b for a, b in zip(s, base_s, strict=True)]
     rows.append(
         {
             "variant": name,
             "score_change_std": statistics.pstdev(d),
-            "choices_changed": sum(p != q for p, q in zip(r.predictions, base.predictions)),
+            "choices_changed": sum(p != q for p, q in zip(r.predictions, base.predictions, strict=True)),
             "acc_norm": r.acc_norm,
             "seconds": time.perf_counter() - t,
         }
