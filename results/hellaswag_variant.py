@@ -8,27 +8,24 @@ Runs the real ``Int8Linear`` path through ``compare_methods`` and writes the sam
 ``llm-int8 eval`` (settings ``hellaswag_skip`` / ``hellaswag_limit``, per-task predictions), so
 ``results/hellaswag_paired.py`` can pair it with the fp32 runs."""
 
+import dataclasses
 import json
 import sys
 
 import torch
 
-from llm_int8.evaluation import MethodSpec, compare_methods, read_hellaswag
+from llm_int8.evaluation import METHODS, compare_methods, read_hellaswag
 from llm_int8.integrations import load_model
 
 path, skip, limit, activation, threshold, out = sys.argv[1:7]
 skip, limit, threshold = int(skip), int(limit), float(threshold)
 tasks = read_hellaswag(path, limit=limit, skip=skip)
-spec = MethodSpec(
-    f"{activation}@{threshold:g}",
-    f"LLM.int8(), {activation} per-token activations, α = {threshold:g}",
-    library=True,
-    x_per_row=True,
-    w_per_row=True,
+spec = dataclasses.replace(  # the default method with other activation codes and α
+    METHODS["default"],
+    name=f"{activation}@{threshold:g}",
+    description=f"LLM.int8(), {activation} per-token activations, α = {threshold:g}",
     zeropoint=activation == "zeropoint",
-    w_zeropoint=False,
     threshold=threshold,
-    outlier_weight="int8",
 )
 torch.set_grad_enabled(False)
 model, tok = load_model(None)
