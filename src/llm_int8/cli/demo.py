@@ -64,6 +64,12 @@ def _cmd_demo(args) -> int:
         f"(all linear layers incl. those kept in float: fp32 model {mem_fp32['float'] / 2**20:.1f} MiB, "
         f"int8 model {(mem_int8['float'] + mem_int8['int8']) / 2**20:.1f} MiB)"
     )
+    if next(model.parameters()).device.type == "cpu":
+        print(
+            "(stored size; on CPU a layer that runs the int8 x int8 kernel also keeps its packed copy of\n"
+            " the weight, about 1 more byte per weight after a prompt of more than a few tokens:\n"
+            " BENCHMARKS.md, section (d))"
+        )
 
     prompts = args.prompt or list(DEFAULT_PROMPTS)
     print(f"\ngreedy answers, {args.max_new_tokens} new tokens at most")
