@@ -22,8 +22,9 @@ method                    ``X`` scale  ``W`` scale      decomposition  how it ru
 The first nine are the paper's Table 1 (absmax activations unless named zeropoint, α = 6 where
 decomposed); ``default`` is what ``quantize_model(model)`` gives, for the comparison with them.
 
-"Emulated, exact" means ``EmulatedInt8Linear``: int8 codes held as float64 integers, so the integer
-GEMM is reproduced bit for bit (see ``llm_int8.primitives.emulation``). "Tensor" scales are taken
+"Emulated, exact" means ``EmulatedInt8Linear``: int8 codes held as float integers and multiplied
+where no partial sum can be rounded (float32 over short slices of K, summed in float64), so the
+integer GEMM is reproduced bit for bit (see ``llm_int8.primitives.emulation``). "Tensor" scales are taken
 per sequence (per leading batch element of the layer input), so a method's result on a sequence
 does not depend on what else is in the batch. The library methods run the real ``Int8Linear``,
 whose outlier part multiplies the outlier columns of ``X`` by the *dequantized* int8 weight columns
