@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD
-from ..ops import PackedWeightCache, compute_weight_row_sums, int8_linear, takes_weight_only_path, weight_only
+from ..ops import PackedWeightCache, compute_weight_row_sums, int8_linear, weight_only
 from ..primitives import ACTIVATION_QUANTIZERS, rowwise_quantize
 
 __all__ = ["Int8Linear"]
@@ -107,21 +107,18 @@ class Int8Linear(nn.Module):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        W_i8 = self.weight_int8
-        limit = self._weight_only_limit()
-        # the packed layout (a second copy of the weight on CPU) and the row sums serve only the
-        # int8 x int8 path: a layer that only ever decodes a few tokens never builds them
-        int8_path = not takes_weight_only_path(x, self.in_features, self.bias, limit)
+        # the caches themselves: int8_linear builds the packed layout (a second copy of the weight on
+        # CPU) and the row sums only if the int8 x int8 path runs, never for a layer that only decodes
         return int8_linear(
             x,
-            W_i8,
+            self.weight_int8,
             self.weight_scale,
             self.bias,
             self.threshold,
             activation=self.activation,
-            packed_weight=self._packed_weight.get(W_i8) if int8_path else None,
-            weight_row_sums=self._row_sums.get(W_i8) if int8_path and self.activation == "zeropoint" else None,
-            weight_only_max_tokens=limit,
+            packed_weight=self._packed_weight,
+            weight_row_sums=self._row_sums,
+            weight_only_max_tokens=self._weight_only_limit(),
         )
 
     def _weight_only_limit(self) -> int:

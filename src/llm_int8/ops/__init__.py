@@ -5,7 +5,7 @@ one runs, and ``prepack.py`` holds weight layouts prepared once.
 """
 
 from . import weight_only
-from .int8_linear import compute_weight_row_sums, int8_linear, takes_weight_only_path
+from .int8_linear import compute_weight_row_sums, int8_linear
 from .int8_mm import int8_mm
 from .prepack import PackedWeight, PackedWeightCache, prepack_int8_weight
 
@@ -16,6 +16,5 @@ __all__ = [
     "int8_linear",
     "int8_mm",
     "prepack_int8_weight",
-    "takes_weight_only_path",
     "weight_only",
 ]

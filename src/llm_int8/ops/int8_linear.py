@@ -27,9 +27,9 @@ import torch
 from ..primitives import ACTIVATION_QUANTIZERS, INT8_MAX, zeropoint_params
 from . import weight_only
 from .int8_mm import int8_mm_float
-from .prepack import PackedWeight
+from .prepack import PackedWeight, PackedWeightCache
 
-__all__ = ["compute_weight_row_sums", "int8_linear", "takes_weight_only_path"]
+__all__ = ["compute_weight_row_sums", "int8_linear"]
 
 
 def _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation):
@@ -162,18 +162,6 @@ class _Int8LinearFunction(torch.autograd.Function):
         return grad_X, None, None, None, None, None, None
 
 
-def takes_weight_only_path(
-    x: torch.Tensor, in_features: int, bias: torch.Tensor | None, weight_only_max_tokens: int
-) -> bool:
-    """Whether ``int8_linear`` runs ``x`` through the weight-only kernel: at most
-    ``weight_only_max_tokens`` rows, the kernel available on ``x``'s device, no gradient needed.
-    (Callers that cache a packed weight skip building it for such calls.)"""
-    if x.numel() // max(in_features, 1) > weight_only_max_tokens:
-        return False
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
-    return not needs_grad and weight_only.available(x.device)
-
-
 def int8_linear(
     x: torch.Tensor,
     weight_int8: torch.Tensor,
@@ -182,8 +170,8 @@ def int8_linear(
     threshold: float = 6.0,
     *,
     activation: str = "absmax",
-    packed_weight: PackedWeight | None = None,
-    weight_row_sums: torch.Tensor | None = None,
+    packed_weight: PackedWeight | PackedWeightCache | None = None,
+    weight_row_sums: torch.Tensor | PackedWeightCache | None = None,
     weight_only_max_tokens: int = 0,
 ) -> torch.Tensor:
     """LLM.int8() linear layer: ``x`` (..., K) float -> (..., N) in ``x``'s dtype.
@@ -192,9 +180,12 @@ def int8_linear(
     ``activation``: ``"absmax"`` (the paper's symmetric per-token codes) or ``"zeropoint"``
     (asymmetric per-token codes, corrected with the weight's row sums; see the module docstring).
     ``packed_weight``: optionally ``llm_int8.ops.prepack_int8_weight(weight_int8)``, built once and
-    reused (``Int8Linear`` does this); without it a backend that wants a packed layout packs per call.
+    reused; without it a backend that wants a packed layout packs per call.
     ``weight_row_sums``: optionally ``llm_int8.ops.compute_weight_row_sums(weight_int8)``, cached likewise
     (only read for ``activation="zeropoint"``).
+    Either may instead be a ``PackedWeightCache`` (``Int8Linear`` passes its caches): it is asked for
+    its value only when the int8 x int8 path runs, so a layer that only takes the weight-only path
+    never builds the packed copy of its weight or its row sums.
     ``weight_only_max_tokens``: inputs of at most this many rows (tokens) take the int8-weight,
     bf16-activation kernel of ``ops/weight_only.py`` where it is available (CPU) and no gradient is
     needed; 0 (the default here) never. ``Int8Linear`` passes the measured crossover.
@@ -211,8 +202,13 @@ def int8_linear(
     if X.shape[0] == 0:
         out = x.new_zeros(*lead, N)
         return out if bias is None else out + bias.to(x.dtype)
-    if takes_weight_only_path(x, K, bias, weight_only_max_tokens):
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+    if X.shape[0] <= weight_only_max_tokens and not needs_grad and weight_only.available(x.device):
         return weight_only.int8_weight_only_linear(x, weight_int8, weight_scale, bias)
+    if isinstance(packed_weight, PackedWeightCache):
+        packed_weight = packed_weight.get(weight_int8)
+    if isinstance(weight_row_sums, PackedWeightCache):
+        weight_row_sums = weight_row_sums.get(weight_int8) if activation == "zeropoint" else None
     if torch.is_grad_enabled() and x.requires_grad:
         C = _Int8LinearFunction.apply(
             X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums
