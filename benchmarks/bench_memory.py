@@ -75,6 +75,35 @@ print(json.dumps({"built": built, "decode": decode, "prefill": prefill}))
 """
 
 
+def kernel_costs(k: int, n: int, m: int = 512) -> dict[str, float]:
+    """Why the packed copy is kept (ms, one thread's CPU time): building it for one (n, k) weight,
+    the packed int8 GEMM at ``m`` tokens, and ``torch._int_mm`` on the plain weight (no copy)."""
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from llm_int8.ops import _capability, int8_mm, prepack_int8_weight
+
+    torch.set_num_threads(1)
+    W = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    A = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+
+    def ms(fn, repeats: int) -> float:
+        fn()
+        start = time.thread_time()
+        for _ in range(repeats):
+            fn()
+        return (time.thread_time() - start) / repeats * 1e3
+
+    out = {"prepack_ms": ms(lambda: prepack_int8_weight(W), 3)}
+    packed = prepack_int8_weight(W)
+    out[f"packed_gemm_m{m}_ms"] = ms(lambda: int8_mm(A, W, packed=packed), 3)
+    out[f"int_mm_plain_m{m}_ms"] = ms(lambda: torch._int_mm(A, W.T), 1)
+    out["backend"] = _capability.cpu_int8_backend()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=8)
@@ -98,13 +127,26 @@ def main() -> None:
     table = markdown_table(
         header,
         [
-            [r["kind"], f"{r['built']:.1f}", f"{r['decode']:.1f}", f"{r['prefill']:.1f}", f"{r['prefill'] / weights_mib:.2f}"]
+            [
+                r["kind"],
+                f"{r['built']:.1f}",
+                f"{r['decode']:.1f}",
+                f"{r['prefill']:.1f}",
+                f"{r['prefill'] / weights_mib:.2f}",
+            ]
             for r in rows
         ],
     )
+    costs = kernel_costs(args.in_features, args.out_features)
+    print(f"kernel costs: {costs}", flush=True)
     shape = f"{args.layers} layers of {args.in_features} x {args.out_features} ({weights_mib:.0f} Mi weights)"
     info = machine_info()
-    text = f"# Resident memory of linear layers: {shape}\n\nRSS growth of a fresh process (MiB).\n\n{table}\n\n```\n{json.dumps(info, indent=1)}\n```\n"
+    cost_line = ", ".join(f"{key} {v:.1f}" if isinstance(v, float) else f"{key} {v}" for key, v in costs.items())
+    text = (
+        f"# Resident memory of linear layers: {shape}\n\nRSS growth of a fresh process (MiB).\n\n{table}\n\n"
+        f"Kernel costs for one {args.out_features} x {args.in_features} weight (one thread): {cost_line}\n\n"
+        f"```\n{json.dumps(info, indent=1)}\n```\n"
+    )
     print(text)
     RESULTS.mkdir(exist_ok=True)
     write_csv(RESULTS / "memory.csv", rows)
