@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -20,8 +22,13 @@ class Int8Linear(nn.Module):
     * ``weight_int8``: (out_features, in_features) int8, ``W ≈ weight_int8 * weight_scale[:, None]``
     * ``weight_scale``: (out_features,) float32, the per-output-row absmax / 127
     * ``bias``: (out_features,) in the original layer's dtype, or ``None``
+    * ``float_dims`` (|S|,) int64 and ``float_weight`` (out_features, |S|) in the original dtype:
+      optional input dims that are always computed in float, with their float weight columns
+      (``from_linear(..., float_dims=...)``, normally the calibrated outlier dims of
+      ``llm_int8.analysis.calibrate_outlier_dims``). Their int8 codes are 0 and left out of the
+      row absmax. Empty by default, and then not in ``state_dict``.
 
-    No float copy of the weight is kept. The forward pass takes any float dtype and returns that
+    No float copy of the rest of the weight is kept. The forward pass takes any float dtype and returns that
     dtype. ``threshold`` is the outlier threshold α (0 = pure vector-wise int8). ``activation``:
     how each token's row of ``X`` is quantized, ``"zeropoint"`` (asymmetric, the default; see
     ``llm_int8.ops.int8_linear``) or ``"absmax"`` (the paper). Neither is saved in ``state_dict``: the
@@ -48,6 +55,7 @@ class Int8Linear(nn.Module):
         dtype: torch.dtype | None = None,
         activation: str = DEFAULT_ACTIVATION,
         weight_only_max_tokens: int | None = None,
+        float_dims: Sequence[int] | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if in_features <= 0 or out_features <= 0:
@@ -67,6 +75,15 @@ class Int8Linear(nn.Module):
         self._row_sums = PackedWeightCache(compute_weight_row_sums)
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        dims = _check_float_dims(float_dims, in_features, "cpu")  # sized here, filled by from_linear or a load
+        # empty ones are not in state_dict, so no loader fills them: never leave those on the meta device
+        col_device = (
+            "cpu" if not dims.numel() and device is not None and torch.device(device).type == "meta" else device
+        )
+        self.register_buffer("float_dims", dims.to(col_device))
+        self.register_buffer(
+            "float_weight", torch.zeros(out_features, dims.numel(), dtype=dtype or torch.float32, device=col_device)
+        )
         if bias:
             self.bias = nn.Parameter(
                 torch.zeros(out_features, dtype=dtype or torch.float32, device=device), requires_grad=False
@@ -81,8 +98,13 @@ class Int8Linear(nn.Module):
         threshold: float = DEFAULT_THRESHOLD,
         activation: str = DEFAULT_ACTIVATION,
         weight_only_max_tokens: int | None = None,
+        float_dims: Sequence[int] | torch.Tensor | None = None,
     ) -> Int8Linear:
-        """Quantize an ``nn.Linear`` (or transformers' ``Conv1D``, whose weight is (in, out))."""
+        """Quantize an ``nn.Linear`` (or transformers' ``Conv1D``, whose weight is (in, out)).
+
+        ``float_dims``: input dims whose weight columns are kept in float and always computed in
+        float (see the class docstring); the other columns are quantized without them.
+        """
         weight, bias = _linear_weight_and_bias(linear)
         if weight.is_meta:
             raise ValueError("cannot quantize a weight on the meta device; load the weights first")
@@ -99,7 +121,13 @@ class Int8Linear(nn.Module):
             weight_only_max_tokens=weight_only_max_tokens,
         )
         with torch.no_grad():
-            W_i8, s_w = rowwise_quantize(weight.detach(), dim=-1)  # (out, in) int8, (out,)
+            W = weight.detach()
+            dims = _check_float_dims(float_dims, in_features, weight.device)
+            if dims.numel():
+                module.float_dims = dims
+                module.float_weight = W[:, dims].clone()  # (out, |S|), the original dtype
+                W = W.index_fill(1, dims, 0)  # codes 0, and out of the row absmax
+            W_i8, s_w = rowwise_quantize(W, dim=-1)  # (out, in) int8, (out,)
             module.weight_int8 = W_i8.contiguous()  # a Conv1D weight arrives transposed
             module.weight_scale = s_w
             if bias is not None:
@@ -119,6 +147,7 @@ class Int8Linear(nn.Module):
             packed_weight=self._packed_weight,
             weight_row_sums=self._row_sums,
             weight_only_max_tokens=self._weight_only_limit(),
+            float_columns=(self.float_dims, self.float_weight) if self.float_dims.numel() else None,
         )
 
     def _weight_only_limit(self) -> int:
@@ -126,14 +155,43 @@ class Int8Linear(nn.Module):
         return weight_only.auto_max_tokens(self.in_features, self.out_features) if limit is None else limit
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight the int8 codes stand for, ``weight_int8 * weight_scale`` (a new tensor)."""
-        return (self.weight_int8.float() * self.weight_scale[:, None]).to(dtype)
+        """The float weight the layer multiplies by: ``weight_int8 * weight_scale``, with the
+        ``float_dims`` columns taken from ``float_weight`` (a new tensor)."""
+        W = self.weight_int8.float() * self.weight_scale[:, None]
+        if self.float_dims.numel():
+            W[:, self.float_dims] = self.float_weight.float()
+        return W.to(dtype)
 
     def memory_bytes(self) -> int:
-        """Bytes held by this layer: int8 weight, scales and bias."""
-        return sum(
-            t.numel() * t.element_size() for t in (self.weight_int8, self.weight_scale, self.bias) if t is not None
-        )
+        """Bytes held by this layer: int8 weight, scales, float columns and bias."""
+        tensors = (self.weight_int8, self.weight_scale, self.float_dims, self.float_weight, self.bias)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.float_dims.numel():  # no float columns: the state is that of a plain int8 layer
+            del destination[prefix + "float_dims"], destination[prefix + "float_weight"]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        dims_key, weight_key = prefix + "float_dims", prefix + "float_weight"
+        dims, weight = state_dict.get(dims_key), state_dict.get(weight_key)
+        if (dims is None) != (weight is None):
+            errors.append(f"{prefix}: {dims_key} and {weight_key} come together; the state holds only one of them")
+            return
+        device = self.weight_int8.device
+        if dims is None:  # a layer without float columns
+            self.float_dims = torch.zeros(0, dtype=torch.int64, device=device)
+            self.float_weight = torch.zeros(self.out_features, 0, dtype=self.float_weight.dtype, device=device)
+        else:  # take the stored |S|: the buffers are resized before the copy
+            self.float_dims = torch.empty(dims.shape, dtype=torch.int64, device=device)
+            self.float_weight = torch.empty(weight.shape, dtype=weight.dtype, device=device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
+        if dims is None:
+            for key in (dims_key, weight_key):
+                if key in missing_keys:
+                    missing_keys.remove(key)
+        elif dims.numel():
+            _check_float_dims(self.float_dims, self.in_features, device)
 
     def _apply(self, fn, recurse=True):
         scale = self.weight_scale
@@ -149,6 +207,23 @@ class Int8Linear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, threshold={self.threshold}, activation={self.activation}"
         )
+
+
+def _check_float_dims(dims: Sequence[int] | torch.Tensor | None, in_features: int, device) -> torch.Tensor:
+    """``dims`` as a sorted int64 tensor of distinct input dims in ``[0, in_features)``."""
+    if dims is None:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    t = torch.as_tensor(dims) if not isinstance(dims, torch.Tensor) else dims
+    if t.is_meta:
+        return t.to(torch.int64)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() > 1:
+        raise TypeError(f"float_dims must be a 1-D sequence of integer dims, got {t.dtype} {tuple(t.shape)}")
+    t = t.reshape(-1).to(torch.int64)
+    if t.numel() and not (0 <= int(t.min()) and int(t.max()) < in_features):
+        raise ValueError(f"float_dims must lie in [0, {in_features}), got {t.tolist()}")
+    if t.unique().numel() != t.numel():
+        raise ValueError(f"float_dims holds a dim twice: {t.tolist()}")
+    return t.sort().values.to(device)
 
 
 def _linear_weight_and_bias(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:

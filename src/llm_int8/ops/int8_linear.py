@@ -8,6 +8,13 @@ Steps, for ``X`` (tokens, K) and the stored int8 weight ``W_i8`` (N, K) with row
 4. Denormalize by the outer product ``s_x ⊗ s_w``, add ``X[:, O] (W_i8[:, O] s_w)^T`` computed in
    float, add the bias, cast to ``X``'s dtype.
 
+``float_columns = (S, W_S)`` (optional, static): feature dims ``S`` that are always in the float
+part, multiplied by their *float* weight columns ``W_S`` (N, |S|) rather than by dequantized int8
+ones. ``Int8Linear`` holds them when it was converted with calibrated outlier dims
+(``llm_int8.analysis.calibrate_outlier_dims``): the dims that reach α on every token carry the
+largest activations, so the rounding error of their int8 weight columns is multiplied by the
+largest ``x``. The stored codes of those columns are 0 and left out of the weight's row absmax.
+
 ``activation="zeropoint"`` (opt-in; see ``Int8Config.activation``) replaces step 2 by asymmetric
 row-wise quantization, codes ``X_q`` in [-127, 127] with zero points ``zp_x``, and step 4 by
 ``(s_x ⊗ s_w) · (C_i32 - zp_x ⊗ r_w)`` with ``r_w = Σ_k W_i8[:, k]`` the weight's row sums: the
@@ -55,6 +62,20 @@ def _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation):
         raise ValueError(f"int8_linear: activation must be one of {ACTIVATION_QUANTIZERS}, got {activation!r}")
 
 
+def _check_float_columns(float_columns, N: int, K: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    S, W_S = float_columns
+    if S.dtype != torch.int64 or S.dim() != 1:
+        raise TypeError(f"int8_linear: float_columns dims must be a 1-D int64 tensor, got {S.dtype} {tuple(S.shape)}")
+    if W_S.shape != (N, S.numel()) or not W_S.is_floating_point():
+        raise ValueError(
+            f"int8_linear: float_columns weight must be a float ({N}, {S.numel()}) tensor, "
+            f"got {W_S.dtype} {tuple(W_S.shape)}"
+        )
+    if S.numel() and S.device.type == "cpu" and not (0 <= int(S.min()) and int(S.max()) < K):  # no GPU sync
+        raise ValueError(f"int8_linear: float_columns dims must lie in [0, {K}), got {S.tolist()}")
+    return float_columns if S.numel() else None
+
+
 def _outlier_index(col_absmax: torch.Tensor, threshold: float) -> torch.Tensor:
     """Indices of ``O`` from the per-column max of ``|X|``, as ``outlier_columns`` defines it."""
     # "not (max < t)" so that a NaN column is an outlier for every threshold (see outlier_columns)
@@ -62,22 +83,28 @@ def _outlier_index(col_absmax: torch.Tensor, threshold: float) -> torch.Tensor:
     return O.nonzero().squeeze(1)  # (|O|,)
 
 
-def _split_outliers(X: torch.Tensor, threshold: float):
+def _split_outliers(X: torch.Tensor, threshold: float, static_idx: torch.Tensor | None = None):
     """Step 1 and the row ranges for step 2, from four reductions over ``X`` (M, K) float32.
 
-    Returns ``X_regular`` (``X`` with the columns in ``O`` zeroed; ``X`` itself when ``O`` is empty),
-    the indices of ``O``, and the per-row max and min of ``X_regular``. ``max|x|`` is taken as
+    Returns ``X_regular`` (``X`` with the columns in ``O`` and in ``static_idx`` zeroed; ``X``
+    itself when both are empty), the indices of ``O`` outside ``static_idx``, and the per-row max
+    and min of ``X_regular``. ``max|x|`` is taken as
     ``max(max x, -min x)``: the same value as ``|X|.amax()``, without an ``|X|`` copy (4x slower
     than the reductions on torch 2.13 CPU); ``amax`` / ``amin`` propagate NaN, so a NaN column is an
     outlier. (``torch.aminmax`` is 15x slower than the two reductions there.)
     """
     col_absmax = torch.maximum(X.amax(dim=0), X.amin(dim=0).neg())  # (K,)
+    if static_idx is not None and static_idx.numel():
+        col_absmax[static_idx] = 0.0  # in the float part anyway, with their float weight columns
     outlier_idx = _outlier_index(col_absmax, threshold)
-    X_regular = X.index_fill(1, outlier_idx, 0) if outlier_idx.numel() else X  # (M, K)
+    float_idx = outlier_idx if static_idx is None else torch.cat([outlier_idx, static_idx])
+    X_regular = X.index_fill(1, float_idx, 0) if float_idx.numel() else X  # (M, K)
     return X_regular, outlier_idx, X_regular.amax(dim=1), X_regular.amin(dim=1)
 
 
-def _quantize_activations(X: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _quantize_activations(
+    X: torch.Tensor, threshold: float, static_idx: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps 1-2: outlier dims ``O`` and the row-wise absmax int8 codes of ``X`` without them.
 
     Bit-identical to ``outlier_columns(X, threshold)`` followed by
@@ -85,7 +112,7 @@ def _quantize_activations(X: torch.Tensor, threshold: float) -> tuple[torch.Tens
     Returns the codes ``X_i8`` (M, K) as float32 integers in [-127, 127] (zero in ``O``; the CPU
     kernels read them in that form), ``s_x`` (M,) float32 and the indices of ``O``.
     """
-    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold)
+    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold, static_idx)
     absmax = torch.maximum(row_max, row_min.neg())  # (M,)
     # 127 / absmax; an all-zero row gets codes 0 and s_x 0 (rowwise_quantize gets the same codes
     # from 0 * inf = NaN cast to int8, which is 0 on CPU, but explicitly is better)
@@ -99,7 +126,7 @@ def _quantize_activations(X: torch.Tensor, threshold: float) -> tuple[torch.Tens
 
 
 def _quantize_activations_zeropoint(
-    X: torch.Tensor, threshold: float
+    X: torch.Tensor, threshold: float, static_idx: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps 1-2 with asymmetric codes: bit-identical to ``zeropoint_quantize(X_regular, dim=-1)``.
 
@@ -107,7 +134,7 @@ def _quantize_activations_zeropoint(
     float32 integers in [-127, 127] (``zp_x`` in ``O``), ``s_x`` (M,), ``zp_x`` (M,) float32 and the
     indices of ``O``.
     """
-    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold)
+    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold, static_idx)
     nd, zp = zeropoint_params(row_max, row_min)  # (M,) each: codes per unit, zero point
     X_codes = (X_regular * nd[:, None]).add_(zp[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)
     return X_codes, 1.0 / nd, zp, outlier_idx
@@ -126,15 +153,17 @@ def _forward_2d(
     packed: PackedWeight | None,
     activation: str = "absmax",
     row_sums: torch.Tensor | None = None,
+    float_columns: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """LLM.int8() product of (M, K) ``X`` with the int8 weight; float32 (M, N), no bias."""
+    static_idx = None if float_columns is None else float_columns[0]
     if activation == "zeropoint":
-        X_codes, s_x, zp_x, outlier_idx = _quantize_activations_zeropoint(X, threshold)
+        X_codes, s_x, zp_x, outlier_idx = _quantize_activations_zeropoint(X, threshold, static_idx)
         C = int8_mm_float(X_codes, W_i8, packed=packed)  # (M, N) float32(X_q W_i8^T)
         r_w = compute_weight_row_sums(W_i8) if row_sums is None else row_sums  # (N,)
         C.addr_(zp_x, r_w, alpha=-1)  # C_i32 - zp_x ⊗ r_w: the integer product of (X_q - zp_x)
     else:
-        X_codes, s_x, outlier_idx = _quantize_activations(X, threshold)  # (M, K), (M,), (|O|,)
+        X_codes, s_x, outlier_idx = _quantize_activations(X, threshold, static_idx)  # (M, K), (M,), (|O|,)
         C = int8_mm_float(X_codes, W_i8, packed=packed)  # (M, N) float32(C_i32)
     C.mul_(s_x[:, None]).mul_(s_w.float()[None, :])  # (s_x ⊗ s_w) · C_i32
     if outlier_idx.numel():
@@ -142,15 +171,18 @@ def _forward_2d(
         # gather: 1.5-3x faster than index_select on dim 1 for a (N, K) int8 weight (torch 2.13 CPU)
         W_O = W_i8.gather(1, outlier_idx.expand(W_i8.shape[0], -1)).float() * s_w.float()[:, None]  # (N, |O|)
         C.addmm_(X_O, W_O.T)
+    if static_idx is not None and static_idx.numel():
+        C.addmm_(X.index_select(1, static_idx).float(), float_columns[1].float().T)  # X_S W_S^T
     return C
 
 
 class _Int8LinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, X, W_i8, s_w, threshold, packed, activation, row_sums):
+    def forward(ctx, X, W_i8, s_w, threshold, packed, activation, row_sums, float_columns):
         ctx.save_for_backward(W_i8, s_w)
         ctx.x_dtype = X.dtype
-        return _forward_2d(X, W_i8, s_w, threshold, packed, activation, row_sums)  # float32; cast by the caller
+        ctx.float_columns = float_columns
+        return _forward_2d(X, W_i8, s_w, threshold, packed, activation, row_sums, float_columns)  # float32
 
     @staticmethod
     def backward(ctx, grad_C):
@@ -158,8 +190,10 @@ class _Int8LinearFunction(torch.autograd.Function):
         grad_X = None
         if ctx.needs_input_grad[0]:
             W = W_i8.float() * s_w.float()[:, None]  # (N, K) dequantized
+            if ctx.float_columns is not None:
+                W[:, ctx.float_columns[0]] = ctx.float_columns[1].float()
             grad_X = (grad_C.float() @ W).to(ctx.x_dtype)
-        return grad_X, None, None, None, None, None, None
+        return grad_X, None, None, None, None, None, None, None
 
 
 def int8_linear(
@@ -173,6 +207,7 @@ def int8_linear(
     packed_weight: PackedWeight | PackedWeightCache | None = None,
     weight_row_sums: torch.Tensor | PackedWeightCache | None = None,
     weight_only_max_tokens: int = 0,
+    float_columns: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """LLM.int8() linear layer: ``x`` (..., K) float -> (..., N) in ``x``'s dtype.
 
@@ -197,6 +232,8 @@ def int8_linear(
     """
     _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation)
     N, K = weight_int8.shape
+    if float_columns is not None:
+        float_columns = _check_float_columns(float_columns, N, K)
     lead = x.shape[:-1]
     X = x.reshape(-1, K)  # (tokens, in_features)
     if X.shape[0] == 0:
@@ -204,17 +241,23 @@ def int8_linear(
         return out if bias is None else out + bias.to(x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
     if X.shape[0] <= weight_only_max_tokens and not needs_grad and weight_only.available(x.device):
-        return weight_only.int8_weight_only_linear(x, weight_int8, weight_scale, bias)
+        out = weight_only.int8_weight_only_linear(x, weight_int8, weight_scale, bias)
+        if float_columns is not None:  # the codes of S are 0: add X_S W_S^T in float
+            S, W_S = float_columns
+            out = (out.float() + x.index_select(-1, S).float() @ W_S.float().T).to(x.dtype)
+        return out
     if isinstance(packed_weight, PackedWeightCache):
         packed_weight = packed_weight.get(weight_int8)
     if isinstance(weight_row_sums, PackedWeightCache):
         weight_row_sums = weight_row_sums.get(weight_int8) if activation == "zeropoint" else None
     if torch.is_grad_enabled() and x.requires_grad:
         C = _Int8LinearFunction.apply(
-            X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums
+            X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums, float_columns
         )  # float32 (tokens, N)
     else:
-        C = _forward_2d(X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums)
+        C = _forward_2d(
+            X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums, float_columns
+        )
     if bias is not None:
         # out of place: under autograd the bias may itself be trained
         C = C + bias.float() if bias.requires_grad else C.add_(bias.float())

@@ -37,6 +37,7 @@ def int8_linear_reference(
     bias: torch.Tensor | None = None,
     threshold: float = 6.0,
     activation: str = "absmax",
+    float_columns: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """LLM.int8() ``C = X W^T + b``, written out as in the paper, in float64.
 
@@ -49,12 +50,20 @@ def int8_linear_reference(
     (``zeropoint_quantize``: codes ``X_q``, step ``s_x``, zero point ``zp_x``), and the int8 part
     becomes ``(s_x ⊗ s_w) · Σ_{h∉O} (X_q^h - zp_x) W_i8^h``.
 
+    ``float_columns = (S, W_S)``: dims ``S`` that are always in the float part, with their float
+    weight columns ``W_S`` (N, |S|) instead of dequantized int8 ones:
+    ``C ≈ X^S W_S^T + Σ_{h∈O∖S} X^h W^h + (s_x ⊗ s_w) · Σ_{h∉O∪S} X_i8^h W_i8^h``.
+
     ``X``: (M, K) float; ``W_i8``: (N, K) int8; ``s_w``: (N,) float. Returns (M, N) in X's dtype.
     """
     if activation not in ACTIVATION_QUANTIZERS:
         raise ValueError(f"activation must be one of {ACTIVATION_QUANTIZERS}, got {activation!r}")
     O = outlier_columns(X, threshold)  # (K,) bool
-    X_regular = X.masked_fill(O, 0)  # (M, K), outlier columns removed
+    S = torch.zeros_like(O)
+    if float_columns is not None:
+        S[float_columns[0]] = True
+        O = O & ~S
+    X_regular = X.masked_fill(O | S, 0)  # (M, K), outlier and static float columns removed
     if activation == "absmax":
         X_i8, s_x = rowwise_quantize(X_regular, dim=-1)  # (M, K) int8, (M,)
         C_int = int8_matmul_reference(X_i8, W_i8).double()
@@ -65,6 +74,8 @@ def int8_linear_reference(
     C = C_int * (s_x.double()[:, None] * s_w.double()[None, :])
     W_outlier = W_i8[:, O].double() * s_w.double()[:, None]  # (N, |O|) dequantized columns
     C = C + X[:, O].double() @ W_outlier.T
+    if float_columns is not None:
+        C = C + X[:, float_columns[0]].double() @ float_columns[1].double().T
     if bias is not None:
         C = C + bias.double()
     return C.to(X.dtype)
