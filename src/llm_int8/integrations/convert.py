@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -75,6 +76,7 @@ def quantize_model(
     skip_modules: tuple[str, ...] | list[str] = DEFAULT_SKIP_MODULES,
     *,
     activation: str = DEFAULT_ACTIVATION,
+    float_dims: Mapping[str, Sequence[int]] | None = None,
     progress: bool = False,
     return_report: bool = False,
 ):
@@ -88,6 +90,10 @@ def quantize_model(
 
     Returns ``model``, or ``(model, ConversionReport)`` with ``return_report=True``; the report's
     summary is also logged at INFO level.
+
+    ``float_dims``: ``{module name: input dims}`` whose weight columns stay in float and are always
+    computed in float (``Int8Linear.float_dims``), as ``llm_int8.analysis.calibrate_outlier_dims``
+    finds them. A name that is not a converted layer is an error.
     """
     config = Int8Config(threshold=threshold, skip_modules=skip_modules, activation=activation)
     shared = _shared_parameter_ids(model)
@@ -102,6 +108,10 @@ def quantize_model(
             skipped[name] = "weight tied to another module"
         else:
             targets.append((name, module))
+    float_dims = dict(float_dims or {})
+    unknown = sorted(set(float_dims) - {n for n, _ in targets})
+    if unknown:
+        raise ValueError(f"float_dims names modules that are not converted linear layers: {unknown[:5]}")
     already = sum(isinstance(m, Int8Linear) for m in model.modules())
     if not targets and already:
         logger.info("model already holds %d Int8Linear layers; nothing to convert", already)
@@ -109,7 +119,9 @@ def quantize_model(
     bytes_before = sum(_tensor_bytes(m) for _, m in targets)
     bytes_after = 0
     for name, module in tqdm(targets, desc="quantizing linear layers", unit="layer", disable=not progress):
-        int8_module = Int8Linear.from_linear(module, threshold=config.threshold, activation=config.activation)
+        int8_module = Int8Linear.from_linear(
+            module, threshold=config.threshold, activation=config.activation, float_dims=float_dims.get(name)
+        )
         int8_module.train(module.training)
         _set_submodule(model, name, int8_module)
         bytes_after += int8_module.memory_bytes()

@@ -60,6 +60,10 @@ class LLMInt8Config(QuantizationConfigMixin):
     suffixes) to keep in float, added to the automatic list (``lm_head``, tied output embeddings).
     ``modules_to_not_convert``: the resolved list of float linear layers, filled in when a model is
     quantized and saved with it, so a reload rebuilds exactly the same split.
+    ``float_dims``: ``{layer: input dims}`` whose weight columns are stored in float
+    (``Int8Linear.float_dims``; ``quantize_model(float_dims=...)``), filled in when such a model is
+    saved, so a reload sizes those layers' ``float_weight``. Given for a float checkpoint, the
+    named layers keep those columns in float as they are quantized.
     ``format_version``: checked on load; a newer format than this library knows is an error.
     """
 
@@ -70,6 +74,7 @@ class LLMInt8Config(QuantizationConfigMixin):
         modules_to_not_convert: list[str] | None = None,
         format_version: int = FORMAT_VERSION,
         activation: str = DEFAULT_ACTIVATION,
+        float_dims: dict[str, list[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("quant_method", None)
@@ -94,6 +99,7 @@ class LLMInt8Config(QuantizationConfigMixin):
         self.skip_modules = list(skip_modules) if skip_modules is not None else None
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
         self.format_version = format_version
+        self.float_dims = _checked_float_dims(float_dims)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,7 +109,23 @@ class LLMInt8Config(QuantizationConfigMixin):
             "skip_modules": self.skip_modules,
             "modules_to_not_convert": self.modules_to_not_convert,
             "format_version": self.format_version,
+            **({"float_dims": self.float_dims} if self.float_dims else {}),
         }
+
+
+def _checked_float_dims(float_dims) -> dict[str, list[int]] | None:
+    if not float_dims:
+        return None
+    if not isinstance(float_dims, dict):
+        raise TypeError(f"float_dims must map layer names to lists of input dims, got {type(float_dims).__name__}")
+    out = {}
+    for name, dims in float_dims.items():
+        if not isinstance(name, str) or not isinstance(dims, (list, tuple)):
+            raise TypeError(f"float_dims: {name!r} -> {dims!r} is not a layer name and a list of dims")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+            raise ValueError(f"float_dims of {name!r} must be non-negative ints, got {dims!r}")
+        out[name] = sorted(dims)
+    return out
 
 
 def _mark_initialized(model, layers) -> None:
@@ -133,6 +155,11 @@ class _QuantizeOnLoad(ConversionOps):
             W = value.T if is_conv1d(old) else value  # (out, in)
             if not torch.isfinite(W).all():
                 raise ValueError(f"{key}: the checkpoint weight holds NaN or Inf values; cannot quantize it")
+            dims = (self.hf_quantizer.quantization_config.float_dims or {}).get(layer)
+            if dims:  # those columns stay float, out of the int8 codes and the row absmax
+                out[f"{layer}.float_dims"] = torch.tensor(dims, dtype=torch.int64)
+                out[f"{layer}.float_weight"] = W[:, dims].clone()
+                W = W.index_fill(1, out[f"{layer}.float_dims"].to(W.device), 0)
             W_i8, s_w = rowwise_quantize(W, dim=-1)  # (out, in) int8, (out,) float32
             bias = getattr(old, "bias", None)
             new = Int8Linear(
@@ -142,6 +169,7 @@ class _QuantizeOnLoad(ConversionOps):
                 threshold=self.hf_quantizer.quantization_config.threshold,
                 device="meta",
                 activation=self.hf_quantizer.quantization_config.activation,
+                float_dims=dims,
             )
             if bias is not None:
                 new.bias = bias  # already loaded (keys arrive sorted, bias first) or filled in later
@@ -187,7 +215,12 @@ class LLMInt8HfQuantizer(HfQuantizer):
         if self.pre_quantized:
             dtype = kwargs.get("dtype")
             swap_linears_on_meta(
-                model, to_int8, cfg.threshold, bias_dtype=dtype if dtype else None, activation=cfg.activation
+                model,
+                to_int8,
+                cfg.threshold,
+                bias_dtype=dtype if dtype else None,
+                activation=cfg.activation,
+                float_dims=cfg.float_dims,
             )
             _mark_initialized(model, to_int8)
         else:

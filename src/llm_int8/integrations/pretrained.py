@@ -316,7 +316,9 @@ def from_pretrained(
         if activation is None:
             activation = saved.activation
         user_skip = list(saved.skip_modules or [])
+        float_dims = saved.float_dims
     elif saved_q and saved_q.get("load_in_8bit"):
+        float_dims = None
         auto_skip = automatic_skip_modules(hf_model) + list(saved_q.get("llm_int8_skip_modules") or [])
         if threshold is None:
             threshold = float(saved_q.get("llm_int8_threshold", DEFAULT_THRESHOLD))
@@ -329,6 +331,7 @@ def from_pretrained(
     else:
         auto_skip = automatic_skip_modules(hf_model)
         user_skip = list(skip_modules or [])
+        float_dims = None
     checked = Int8Config(
         threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
         activation=DEFAULT_ACTIVATION if activation is None else activation,
@@ -342,7 +345,11 @@ def from_pretrained(
     stored_int8 = {probe(k).rpartition(".")[0] for k in headers if probe(k) is not None}
     to_int8 = sorted(set(to_int8) | stored_int8)
     kept = sorted(all_linear - set(to_int8))
-    conv1d = set(swap_linears_on_meta(hf_model, to_int8, threshold, bias_dtype=dtype, activation=activation))
+    conv1d = set(
+        swap_linears_on_meta(
+            hf_model, to_int8, threshold, bias_dtype=dtype, activation=activation, float_dims=float_dims
+        )
+    )
 
     # 2. device plan on the int8 skeleton
     device_map = plan_device_map(hf_model, device_map, max_memory, dtype)
@@ -454,7 +461,7 @@ def from_pretrained(
         if still_meta:
             raise CheckpointError(f"{folder}: tensors left unloaded: {still_meta[:10]}")
 
-    _attach_config(hf_model, threshold, user_skip, kept, activation)
+    _attach_config(hf_model, threshold, user_skip, kept, activation, float_dims)
     if device_map:
         hf_model.hf_device_map = device_map
         hf_model = dispatch(hf_model, device_map, offload_folder, offload_index)
@@ -464,13 +471,14 @@ def from_pretrained(
     return hf_model
 
 
-def _attach_config(model: nn.Module, threshold: float, user_skip, kept, activation: str) -> None:
+def _attach_config(model: nn.Module, threshold: float, user_skip, kept, activation: str, float_dims=None) -> None:
     """Record the quantization on the model so ``save_pretrained`` writes it to ``config.json``."""
     qconfig = LLMInt8Config(
         threshold=threshold,
         skip_modules=list(user_skip or []) or None,
         modules_to_not_convert=kept,
         activation=activation,
+        float_dims=float_dims,
     )
     model.config.quantization_config = qconfig
     model.hf_quantizer = LLMInt8HfQuantizer(qconfig, pre_quantized=True)

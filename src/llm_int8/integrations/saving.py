@@ -76,9 +76,11 @@ def _int8_layers(model: nn.Module) -> dict[str, Int8Linear]:
 def _ensure_config(model: nn.Module) -> LLMInt8Config:
     """The model's ``LLMInt8Config``; built (and attached) for a model converted by ``quantize_model``."""
     qconfig = getattr(model.config, "quantization_config", None)
-    if isinstance(qconfig, LLMInt8Config):
-        return qconfig
     layers = _int8_layers(model)
+    float_dims = {n: m.float_dims.tolist() for n, m in layers.items() if m.float_dims.numel()} or None
+    if isinstance(qconfig, LLMInt8Config):
+        qconfig.float_dims = float_dims  # what the layers hold now
+        return qconfig
     thresholds = {m.threshold for m in layers.values()}
     if len(thresholds) > 1:
         raise ValueError(f"the Int8Linear layers use different thresholds {sorted(thresholds)}; the format holds one")
@@ -86,7 +88,9 @@ def _ensure_config(model: nn.Module) -> LLMInt8Config:
     if len(activations) > 1:
         raise ValueError(f"the Int8Linear layers use different activations {sorted(activations)}; the format holds one")
     kept = sorted(n for n, m in model.named_modules() if _is_linear(m))
-    qconfig = LLMInt8Config(threshold=thresholds.pop(), modules_to_not_convert=kept, activation=activations.pop())
+    qconfig = LLMInt8Config(
+        threshold=thresholds.pop(), modules_to_not_convert=kept, activation=activations.pop(), float_dims=float_dims
+    )
     model.config.quantization_config = qconfig
     model.hf_quantizer = LLMInt8HfQuantizer(qconfig, pre_quantized=True)
     return qconfig
@@ -155,6 +159,11 @@ def save_bitsandbytes(
     from transformers import BitsAndBytesConfig
 
     qconfig = _ensure_config(model)
+    if qconfig.float_dims:
+        raise ValueError(
+            f"{len(qconfig.float_dims)} int8 layers keep calibrated float columns (float_dims), which the "
+            "bitsandbytes format cannot hold; save them with llm_int8.save_pretrained, or convert without float_dims"
+        )
     if qconfig.activation != "absmax":
         logger.warning(
             "the bitsandbytes format has no activation setting: bitsandbytes will run these weights with "

@@ -7,7 +7,7 @@ here, then fill in the weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -69,8 +69,12 @@ def swap_linears_on_meta(
     threshold: float,
     bias_dtype: torch.dtype | None = None,
     activation: str = DEFAULT_ACTIVATION,
+    float_dims: Mapping[str, Sequence[int]] | None = None,
 ) -> list[str]:
     """Replace each named ``nn.Linear`` / ``Conv1D`` with an ``Int8Linear`` on the meta device.
+
+    ``float_dims`` (from the saved config) sizes the layers' float columns, so that the checkpoint's
+    ``float_dims`` / ``float_weight`` tensors have a place to load into.
 
     Returns the names of the swapped layers that were ``Conv1D`` (their checkpoint weight is (in, out)).
     Layers that already are ``Int8Linear`` are left alone.
@@ -95,6 +99,7 @@ def swap_linears_on_meta(
             device="meta",
             dtype=dtype,
             activation=activation,
+            float_dims=(float_dims or {}).get(name),
         )
         new.train(old.training)
         _set_submodule(model, name, new)
