@@ -67,3 +67,38 @@ def test_quantize_refuses_a_non_empty_output(model_dir, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "file").read_text() == "x"
     assert main(["quantize", str(model_dir), str(out), "--overwrite"]) == 0
+
+
+def test_quantize_with_calibration_keeps_the_found_dims(model_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from llm_int8 import quantize_model
+    from llm_int8.analysis import calibrate_outlier_dims, calibration_ids
+    from llm_int8.integrations import load_model
+
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(f"w{i % 100}" for i in range(300)))
+    out = tmp_path / "int8"
+    args = ["quantize", str(model_dir), str(out), "--calibrate", "--calibration-text", str(text), "--threshold", "2"]
+    assert main(args) == 0
+    assert "calibrated:" in capsys.readouterr().out
+    model, _ = load_model(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dims = calibrate_outlier_dims(model, calibration_ids(tokenizer, text.read_text()), threshold=2.0)
+    assert dims, "the scaled-up tiny model has outlier dims on this text"
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["float_dims"] == {k: list(v) for k, v in dims.items()}
+    saved = llm_int8.from_pretrained(out, progress=False)
+    assert saved.config.quantization_config.float_dims == qc["float_dims"]
+    ids = calibration_ids(tokenizer, "w1 w2 w3 w4")
+    import torch
+
+    with torch.no_grad():
+        expected = quantize_model(model, threshold=2.0, float_dims=dims)(ids).logits
+        torch.testing.assert_close(saved(ids).logits, expected, rtol=0, atol=0)
+
+
+def test_calibrate_refuses_the_bitsandbytes_format(model_dir, tmp_path, capsys):
+    out = tmp_path / "bnb"
+    assert main(["quantize", str(model_dir), str(out), "--calibrate", "--format", "bitsandbytes"]) == 2
+    assert "cannot hold" in capsys.readouterr().err and not out.exists()

@@ -23,6 +23,30 @@ def _tokenizer_or_none(source: str):
         return None
 
 
+def _calibrated(args):
+    """The float model in memory, its outlier dims calibrated, then converted with them in float."""
+    import torch
+
+    from ..analysis import CALIBRATION_TEXT, calibrate_outlier_dims, calibration_ids
+    from ..config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD
+    from ..evaluation import read_text
+    from ..integrations import load_model, quantize_model
+
+    text = read_text(args.calibration_text) if args.calibration_text else CALIBRATION_TEXT
+    dtype = getattr(torch, args.dtype) if args.dtype else torch.float32
+    model, tokenizer = load_model(args.src, dtype=dtype)
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    skip = (*DEFAULT_SKIP_MODULES, *(args.skip or ()))
+    dims = calibrate_outlier_dims(
+        model, calibration_ids(tokenizer, text), threshold or DEFAULT_THRESHOLD, skip_modules=skip
+    )
+    print(f"calibrated: {sum(map(len, dims.values()))} float dims in {len(dims)} layers")
+    quantize_model(
+        model, threshold, skip, activation=args.activation or DEFAULT_ACTIVATION, float_dims=dims, progress=True
+    )
+    return model, tokenizer
+
+
 def _cmd_quantize(args) -> int:
     import sys
     from pathlib import Path
@@ -34,10 +58,23 @@ def _cmd_quantize(args) -> int:
         # checked before the (long) load; the save checks again and writes atomically
         print(f"llm-int8 quantize: error: {out_dir} exists and is not empty (use --overwrite)", file=sys.stderr)
         return 2
-    model = from_pretrained(
-        args.src, threshold=args.threshold, skip_modules=args.skip or None, dtype=args.dtype, activation=args.activation
-    )
-    tokenizer = _tokenizer_or_none(args.src)
+    if args.calibrate and args.format == "bitsandbytes":
+        print(
+            "llm-int8 quantize: error: --calibrate keeps float columns, which --format bitsandbytes cannot hold",
+            file=sys.stderr,
+        )
+        return 2
+    if args.calibrate:
+        model, tokenizer = _calibrated(args)
+    else:
+        model = from_pretrained(
+            args.src,
+            threshold=args.threshold,
+            skip_modules=args.skip or None,
+            dtype=args.dtype,
+            activation=args.activation,
+        )
+        tokenizer = _tokenizer_or_none(args.src)
     save = save_bitsandbytes if args.format == "bitsandbytes" else save_pretrained
     out = save(model, args.out_dir, tokenizer=tokenizer, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     mem = linear_memory(model)
@@ -62,6 +99,13 @@ def register(sub) -> None:
     )
     q.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="dtype of the float parts")
     q.add_argument("--format", choices=("llm_int8", "bitsandbytes"), default="llm_int8")
+    q.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="keep the outlier dims found on a calibration text in float, with their float weight columns "
+        "(loads the float model in memory once; llm_int8 format only)",
+    )
+    q.add_argument("--calibration-text", metavar="FILE", help="text to calibrate on (default: a built-in English text)")
     q.add_argument("--max-shard-size", default="2GB")
     q.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     q.set_defaults(func=_cmd_quantize)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..analysis.calibration import calibration_ids
 from .hellaswag import HellaSwagTask, score_hellaswag
 from .methods import MethodSpec, apply_method, parse_methods
 from .perplexity import perplexity
@@ -45,7 +46,8 @@ def compare_methods(
     rows = []
     for spec in specs:
         t0 = time.perf_counter()
-        converted = apply_method(model, spec)
+        calibration = calibration_ids(tokenizer) if spec.calibrated else None
+        converted = apply_method(model, spec, calibration_ids=calibration)
         row: dict = {"method": spec.name, "description": spec.description}
         if input_ids is not None:
             t = time.perf_counter()

@@ -41,7 +41,7 @@ def layer_errors(
     finally:
         for h in handles:
             h.remove()
-    converted = {s.name: apply_method(model, s) for s in specs}
+    converted = {s.name: apply_method(model, s, calibration_ids=ids) for s in specs}  # calibrated: on these ids
     rows = []
     for name in names:
         X = inputs[name]

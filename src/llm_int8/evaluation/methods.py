@@ -17,10 +17,19 @@ method                    ``X`` scale  ``W`` scale      decomposition  how it ru
 ``zeropoint-llm.int8``    per token    per out feature  yes, α = 6    emulated, exact (zeropoint); float W
 ``default``               per token    per out feature  yes           library: ``quantize_model()`` with
                           (zeropoint)                                 this library's defaults
+``calibrated``            per token    per out feature  yes, α = 6    library: ``default`` + calibrated
+                          (zeropoint)                                 float dims
+``precise``               per token    per out feature  yes, α = 3    library: ``calibrated`` at α = 3,
+                          (zeropoint)                                 value projections kept in float
 ========================  ===========  ===============  ============  ====================================
 
 The first nine are the paper's Table 1 (absmax activations unless named zeropoint, α = 6 where
 decomposed); ``default`` is what ``quantize_model(model)`` gives, for the comparison with them.
+``calibrated`` and ``precise`` are this library's steps towards fp32 (RESULTS.md, section 4):
+"calibrated float dims" are the input dims that reach α on at least 6% of the tokens of
+``llm_int8.analysis.CALIBRATION_TEXT`` (never the evaluated text), always computed in float with
+their float weight columns (``quantize_model(float_dims=...)``); ``precise`` also keeps the value
+projections (``v_proj``, ``value``) in float and decomposes from α = 3.
 
 "Emulated, exact" means ``EmulatedInt8Linear``: int8 codes held as float integers and multiplied
 where no partial sum can be rounded (float32 over short slices of K, summed in float64), so the
@@ -40,6 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..analysis.calibration import calibrate_outlier_dims
 from ..config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, PAPER_THRESHOLD, Int8Config
 from ..integrations import quantize_model
 from ..primitives import QuantizedOperand, emulated_int8_matmul, quantize_operand
@@ -67,6 +77,8 @@ class MethodSpec:
     threshold: float = 0.0
     outlier_weight: str = "float"
     w_zeropoint: bool | None = None  # None: as ``zeropoint``; False: zeropoint X with absmax W
+    calibrated: bool = False  # library only: float dims calibrated on CALIBRATION_TEXT
+    keep_float: tuple[str, ...] = ()  # library only: module names kept in float besides lm_head
 
     @property
     def weight_zeropoint(self) -> bool:
@@ -79,6 +91,8 @@ class MethodSpec:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
         if self.library and self.weight_zeropoint:
             raise ValueError("library methods store an absmax vector-wise weight: set w_zeropoint=False")
+        if (self.calibrated or self.keep_float) and not self.library:
+            raise ValueError("calibrated float dims and keep_float apply to library methods only")
 
     @property
     def is_float(self) -> bool:
@@ -125,6 +139,31 @@ METHODS: dict[str, MethodSpec] = {
             w_zeropoint=False,
             threshold=DEFAULT_THRESHOLD,
             outlier_weight="int8",
+        ),
+        MethodSpec(
+            "calibrated",
+            f"default + calibrated outlier dims in float, α = {DEFAULT_THRESHOLD:g}",
+            library=True,
+            x_per_row=True,
+            w_per_row=True,
+            zeropoint=DEFAULT_ACTIVATION == "zeropoint",
+            w_zeropoint=False,
+            threshold=DEFAULT_THRESHOLD,
+            outlier_weight="int8",
+            calibrated=True,
+        ),
+        MethodSpec(
+            "precise",
+            "calibrated, α = 3, value projections in float",
+            library=True,
+            x_per_row=True,
+            w_per_row=True,
+            zeropoint=DEFAULT_ACTIVATION == "zeropoint",
+            w_zeropoint=False,
+            threshold=3.0,
+            outlier_weight="int8",
+            calibrated=True,
+            keep_float=("v_proj", "value"),
         ),
     )
 }
@@ -250,11 +289,15 @@ def _swap_linears(model: nn.Module, spec: MethodSpec, skip_modules: tuple[str, .
 
 
 def apply_method(
-    model: nn.Module, method: str | MethodSpec, skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES
+    model: nn.Module,
+    method: str | MethodSpec,
+    skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES,
+    calibration_ids: torch.Tensor | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with its linear layers replaced as ``method`` says; ``model`` is untouched.
 
-    ``fp32`` returns ``model`` itself (no copy). Library methods call ``quantize_model``.
+    ``fp32`` returns ``model`` itself (no copy). Library methods call ``quantize_model``; a
+    ``calibrated`` method first finds its float dims on ``calibration_ids`` (required for it).
     """
     spec = parse_methods([method])[0] if isinstance(method, str) else method
     if spec.is_float:
@@ -262,7 +305,15 @@ def apply_method(
     converted = copy.deepcopy(model)
     if spec.library:
         activation = "zeropoint" if spec.zeropoint else "absmax"
-        return quantize_model(converted, threshold=spec.threshold, skip_modules=skip_modules, activation=activation)
+        skip = tuple(skip_modules) + spec.keep_float
+        float_dims = None
+        if spec.calibrated:
+            if calibration_ids is None:
+                raise ValueError(f"method {spec.name!r} calibrates its float dims: pass calibration_ids")
+            float_dims = calibrate_outlier_dims(converted, calibration_ids, spec.threshold, skip_modules=skip)
+        return quantize_model(
+            converted, threshold=spec.threshold, skip_modules=skip, activation=activation, float_dims=float_dims
+        )
     if not _swap_linears(converted, spec, tuple(skip_modules)):
         raise ValueError(f"method {spec.name!r}: the model has no linear layer to quantize")
     return converted
