@@ -221,7 +221,8 @@ class _Tiny(nn.Module):
 def test_apply_method_swaps_linears_and_leaves_model_untouched(name):
     model = _Tiny()
     before = copy.deepcopy(model.state_dict())
-    converted = apply_method(model, name)
+    calibration = torch.randint(0, 11, (1, 8)) if METHODS[name].calibrated else None
+    converted = apply_method(model, name, calibration_ids=calibration)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert isinstance(model.block[0], nn.Linear)
@@ -271,3 +272,23 @@ def test_layer_errors_ranks_methods():
     rows = layer_errors(Emb(), torch.arange(11), ["absmax", "llm.int8"])
     assert [r["layer"] for r in rows] == ["fc"] and rows[0]["outlier_columns"] == 1
     assert rows[0]["llm.int8"] < rows[0]["absmax"] / 3
+
+
+def test_calibrated_methods_need_calibration_ids_and_keep_value_projections_float():
+    from _hf_tiny import VOCAB, tiny_model
+
+    from llm_int8 import Int8Linear
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 5] = 40.0  # a planted outlier dim on every token
+    with pytest.raises(ValueError, match="calibration_ids"):
+        apply_method(model, "calibrated")
+    ids = torch.randint(0, VOCAB, (1, 24))
+    calibrated = apply_method(model, "calibrated", calibration_ids=ids)
+    q = calibrated.model.layers[0].self_attn.q_proj
+    assert isinstance(q, Int8Linear) and 5 in q.float_dims.tolist() and q.threshold == 6.0
+    precise = apply_method(model, "precise", calibration_ids=ids)
+    assert not isinstance(precise.model.layers[0].self_attn.v_proj, Int8Linear)
+    assert precise.model.layers[0].self_attn.q_proj.threshold == 3.0
+    assert not isinstance(model.model.layers[0].self_attn.q_proj, Int8Linear)  # the original is untouched

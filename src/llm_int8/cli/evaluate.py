@@ -12,8 +12,8 @@ from ._args import nonnegative_int, positive_int
 
 __all__ = ["register"]
 
-# The paper's Table 1 rows, in its order, then the library's default (kept in step with
-# llm_int8.evaluation.METHODS by a test).
+# The paper's Table 1 rows, in its order, then the library's default and its calibrated steps
+# (kept in step with llm_int8.evaluation.METHODS by a test).
 _DEFAULT_METHODS = ",".join(
     (
         "fp32",
@@ -26,6 +26,8 @@ _DEFAULT_METHODS = ",".join(
         "llm.int8",
         "zeropoint-llm.int8",
         "default",
+        "calibrated",
+        "precise",
     )
 )
 
