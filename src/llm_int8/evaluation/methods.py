@@ -44,7 +44,7 @@ paper's ``X_f16^h W_f16^h``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -100,6 +100,17 @@ class MethodSpec:
 
 
 _A = PAPER_THRESHOLD
+_DEFAULT = MethodSpec(
+    "default",
+    f"llm-int8's default: LLM.int8(), {DEFAULT_ACTIVATION} per-token activations, α = {DEFAULT_THRESHOLD:g}",
+    library=True,
+    x_per_row=True,
+    w_per_row=True,
+    zeropoint=DEFAULT_ACTIVATION == "zeropoint",
+    w_zeropoint=False,
+    threshold=DEFAULT_THRESHOLD,
+    outlier_weight="int8",
+)
 METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in (
@@ -129,39 +140,18 @@ METHODS: dict[str, MethodSpec] = {
             zeropoint=True,
             threshold=_A,
         ),
-        MethodSpec(
-            "default",
-            f"llm-int8's default: LLM.int8(), {DEFAULT_ACTIVATION} per-token activations, α = {DEFAULT_THRESHOLD:g}",
-            library=True,
-            x_per_row=True,
-            w_per_row=True,
-            zeropoint=DEFAULT_ACTIVATION == "zeropoint",
-            w_zeropoint=False,
-            threshold=DEFAULT_THRESHOLD,
-            outlier_weight="int8",
-        ),
-        MethodSpec(
-            "calibrated",
-            f"default + calibrated outlier dims in float, α = {DEFAULT_THRESHOLD:g}",
-            library=True,
-            x_per_row=True,
-            w_per_row=True,
-            zeropoint=DEFAULT_ACTIVATION == "zeropoint",
-            w_zeropoint=False,
-            threshold=DEFAULT_THRESHOLD,
-            outlier_weight="int8",
+        _DEFAULT,
+        replace(
+            _DEFAULT,
+            name="calibrated",
+            description=f"default + calibrated outlier dims in float, α = {DEFAULT_THRESHOLD:g}",
             calibrated=True,
         ),
-        MethodSpec(
-            "precise",
-            "calibrated, α = 3, value projections in float",
-            library=True,
-            x_per_row=True,
-            w_per_row=True,
-            zeropoint=DEFAULT_ACTIVATION == "zeropoint",
-            w_zeropoint=False,
+        replace(
+            _DEFAULT,
+            name="precise",
+            description="calibrated, α = 3, value projections in float",
             threshold=3.0,
-            outlier_weight="int8",
             calibrated=True,
             keep_float=("v_proj", "value"),
         ),
