@@ -1,21 +1,25 @@
 """Paired comparison of HellaSwag acc_norm choices, task by task, from ``llm-int8 eval`` JSON files.
 
-Usage: python results/hellaswag_paired.py HELLASWAG_FILE JSON [JSON ...]
+Usage: python results/hellaswag_paired.py [--base METHOD] HELLASWAG_FILE JSON [JSON ...]
   e.g. python results/hellaswag_paired.py ../shared/data/hellaswag/hellaswag_val_full.txt.bz2 \\
            results/hellaswag_1000_fp32_paper.json results/full_default.json \\
            results/hellaswag_1000-1999_fp32_default.json
 
 Each JSON says which tasks it scored (``settings.hellaswag_skip``, ``settings.hellaswag_limit``).
 Runs of one method over disjoint task ranges are joined, so a long evaluation can be split. Every
-method is compared with ``fp32`` on the tasks both scored: acc_norm, the difference in points, its
-paired standard error (``llm_int8.evaluation.paired_difference``), and how many choices differ."""
+method is compared with ``fp32`` (or ``--base METHOD``) on the tasks both scored: acc_norm, the
+difference in points, its paired standard error (``llm_int8.evaluation.paired_difference``), and how many choices differ."""
 
 import json
 import sys
 
 from llm_int8.evaluation import paired_difference, read_hellaswag
 
-path, files = sys.argv[1], sys.argv[2:]
+args = sys.argv[1:]
+base_method = "fp32"
+if args[:1] == ["--base"]:
+    base_method, args = args[1], args[2:]
+path, files = args[0], args[1:]
 choices: dict[str, dict[int, int]] = {}  # method -> task index -> acc_norm choice
 labels: dict[int, int] = {}
 for name in files:
@@ -30,9 +34,10 @@ for name in files:
                 if skip + i in seen:
                     raise SystemExit(f"{name}: {row['method']} scored task {skip + i} twice")
                 seen[skip + i] = p
-base = choices["fp32"]
+base = choices[base_method]
 print(
-    "| method | tasks | acc_norm | Δ vs fp32 (points) | paired standard error (points) | choices differing from fp32 |"
+    f"| method | tasks | acc_norm | Δ vs {base_method} (points) | paired standard error (points) "
+    f"| choices differing from {base_method} |"
 )
 print("| --- | --- | --- | --- | --- | --- |")
 for method, preds in choices.items():
