@@ -8,7 +8,8 @@ Usage: python results/hellaswag_paired.py [--base METHOD] HELLASWAG_FILE JSON [J
 Each JSON says which tasks it scored (``settings.hellaswag_skip``, ``settings.hellaswag_limit``).
 Runs of one method over disjoint task ranges are joined, so a long evaluation can be split. Every
 method is compared with ``fp32`` (or ``--base METHOD``) on the tasks both scored: acc_norm, the
-difference in points, its paired standard error (``llm_int8.evaluation.paired_difference``), and how many choices differ."""
+difference in points, its paired standard error (``llm_int8.evaluation.paired_difference``), and
+how many choices differ."""
 
 import json
 import sys
