@@ -17,7 +17,10 @@ swapped by hand for ``bnb.nn.Linear8bitLt(has_fp16_weights=False, threshold=6.0)
 ``BitsAndBytesConfig`` path needs a Hub/safetensors checkpoint, and the bundled model is GGUF),
 ``llm_int8`` (``llm_int8.quantize_model(model)``: the library's defaults, zeropoint activations,
 α = 6, the weight-only path for decode steps; ``lm_head`` kept in float, as bnb), ``llm_int8_paper``
-(the paper's LLM.int8(): absmax activations, α = 6, the int8 x int8 product for every step).
+(the paper's LLM.int8(): absmax activations, α = 6, the int8 x int8 product for every step),
+``llm_int8_calibrated`` and ``llm_int8_precise`` (the ``eval`` methods of those names: the default
+plus the outlier dims calibrated on ``CALIBRATION_TEXT`` kept in float, and that at α = 3 with the
+value projections in float; the calibration pass is not timed).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, markdown_table, median, write_csv, write_text  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "bnb", "llm_int8", "llm_int8_paper")
+VARIANTS = ("fp32", "bf16", "bnb", "llm_int8", "llm_int8_paper", "llm_int8_calibrated", "llm_int8_precise")
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 32
 
@@ -91,6 +94,14 @@ def run_variant(variant: str, args) -> dict:
         _swap_bnb(model)
     elif variant == "llm_int8":
         llm_int8.quantize_model(model)
+    elif variant in ("llm_int8_calibrated", "llm_int8_precise"):
+        from llm_int8.analysis import calibrate_outlier_dims, calibration_ids
+        from llm_int8.evaluation import METHODS
+
+        spec = METHODS[variant.removeprefix("llm_int8_")]  # converted in place, as the other variants
+        skip = ("lm_head", *spec.keep_float)
+        dims = calibrate_outlier_dims(model, calibration_ids(tokenizer), spec.threshold, skip_modules=skip)
+        llm_int8.quantize_model(model, spec.threshold, skip, float_dims=dims)
     elif variant == "llm_int8_paper":
         llm_int8.quantize_model(model, threshold=6.0, activation="absmax")
         for module in model.modules():
