@@ -73,6 +73,28 @@ def test_transformers_loads_saved_int8_with_disk_offload(llama_dir, tmp_path):
     torch.testing.assert_close(logits(model), logits(reference), rtol=0, atol=0)
 
 
+def test_disk_offload_with_and_without_float_columns(tmp_path):
+    # layers without float columns hold no float_dims / float_weight buffers, so the offload hooks
+    # never look them up; a disk-placed layer that has them gets them back from the offload folder
+    layer = "model.layers.1.self_attn.q_proj"
+    reference = llm_int8.quantize_model(tiny_model("llama"), float_dims={layer: [2, 9]})
+    saved = llm_int8.save_pretrained(reference, tmp_path / "int8")
+    ours = llm_int8.from_pretrained(
+        saved, device_map=_CPU_DISK_MAP, offload_folder=tmp_path / "offload", progress=False
+    )
+    index = json.loads((tmp_path / "offload" / "index.json").read_text())
+    assert index[f"{layer}.float_weight"]["shape"] == [reference.get_submodule(layer).out_features, 2]
+    assert "model.layers.1.self_attn.k_proj.float_dims" not in index
+    assert ours.get_submodule(layer).float_weight.is_meta
+    torch.testing.assert_close(logits(ours), logits(reference), rtol=0, atol=0)
+    from transformers import AutoModelForCausalLM
+
+    theirs = AutoModelForCausalLM.from_pretrained(
+        saved, device_map=_CPU_DISK_MAP, offload_folder=tmp_path / "offload2", offload_buffers=True
+    )
+    torch.testing.assert_close(logits(theirs), logits(reference), rtol=0, atol=0)
+
+
 def test_transformers_on_the_fly_refuses_disk(llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -77,7 +77,7 @@ def _ensure_config(model: nn.Module) -> LLMInt8Config:
     """The model's ``LLMInt8Config``; built (and attached) for a model converted by ``quantize_model``."""
     qconfig = getattr(model.config, "quantization_config", None)
     layers = _int8_layers(model)
-    float_dims = {n: m.float_dims.tolist() for n, m in layers.items() if m.float_dims.numel()} or None
+    float_dims = {n: m.float_dims.tolist() for n, m in layers.items() if m.float_dims is not None} or None
     if isinstance(qconfig, LLMInt8Config):
         qconfig.float_dims = float_dims  # what the layers hold now
         return qconfig

@@ -26,7 +26,8 @@ class Int8Linear(nn.Module):
       optional input dims that are always computed in float, with their float weight columns
       (``from_linear(..., float_dims=...)``, normally the calibrated outlier dims of
       ``llm_int8.analysis.calibrate_outlier_dims``). Their int8 codes are 0 and left out of the
-      row absmax. Empty by default, and then not in ``state_dict``.
+      row absmax. ``None`` by default (no float columns): then they are not buffers at all, so
+      ``state_dict``, ``named_buffers`` and accelerate's offload hooks never see them.
 
     No float copy of the rest of the weight is kept. The forward pass takes any float dtype and returns that
     dtype. ``threshold`` is the outlier threshold α (0 = pure vector-wise int8). ``activation``:
@@ -75,14 +76,15 @@ class Int8Linear(nn.Module):
         self._row_sums = PackedWeightCache(compute_weight_row_sums)
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        dims = _check_float_dims(float_dims, in_features, "cpu")  # sized here, filled by from_linear or a load
-        # empty ones are not in state_dict, so no loader fills them: never leave those on the meta device
-        col_device = (
-            "cpu" if not dims.numel() and device is not None and torch.device(device).type == "meta" else device
-        )
-        self.register_buffer("float_dims", dims.to(col_device))
+        # sized here, filled by from_linear or a load; None (not a buffer) when there are none
+        dims = _check_float_dims(float_dims, in_features, "cpu")
+        has_columns = dims.numel() > 0
+        self.register_buffer("float_dims", dims.to(device) if has_columns else None)
         self.register_buffer(
-            "float_weight", torch.zeros(out_features, dims.numel(), dtype=dtype or torch.float32, device=col_device)
+            "float_weight",
+            torch.zeros(out_features, dims.numel(), dtype=dtype or torch.float32, device=device)
+            if has_columns
+            else None,
         )
         if bias:
             self.bias = nn.Parameter(
@@ -147,7 +149,7 @@ class Int8Linear(nn.Module):
             packed_weight=self._packed_weight,
             weight_row_sums=self._row_sums,
             weight_only_max_tokens=self._weight_only_limit(),
-            float_columns=(self.float_dims, self.float_weight) if self.float_dims.numel() else None,
+            float_columns=None if self.float_dims is None else (self.float_dims, self.float_weight),
         )
 
     def _weight_only_limit(self) -> int:
@@ -158,7 +160,7 @@ class Int8Linear(nn.Module):
         """The float weight the layer multiplies by: ``weight_int8 * weight_scale``, with the
         ``float_dims`` columns taken from ``float_weight`` (a new tensor)."""
         W = self.weight_int8.float() * self.weight_scale[:, None]
-        if self.float_dims.numel():
+        if self.float_dims is not None:
             W[:, self.float_dims] = self.float_weight.float()
         return W.to(dtype)
 
@@ -167,11 +169,6 @@ class Int8Linear(nn.Module):
         tensors = (self.weight_int8, self.weight_scale, self.float_dims, self.float_weight, self.bias)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if not self.float_dims.numel():  # no float columns: the state is that of a plain int8 layer
-            del destination[prefix + "float_dims"], destination[prefix + "float_weight"]
-
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
         dims_key, weight_key = prefix + "float_dims", prefix + "float_weight"
         dims, weight = state_dict.get(dims_key), state_dict.get(weight_key)
@@ -179,18 +176,16 @@ class Int8Linear(nn.Module):
             errors.append(f"{prefix}: {dims_key} and {weight_key} come together; the state holds only one of them")
             return
         device = self.weight_int8.device
-        if dims is None:  # a layer without float columns
-            self.float_dims = torch.zeros(0, dtype=torch.int64, device=device)
-            self.float_weight = torch.zeros(self.out_features, 0, dtype=self.float_weight.dtype, device=device)
+        if dims is None or not dims.numel():  # a layer without float columns: no such buffers
+            self.float_dims = self.float_weight = None
         else:  # take the stored |S|: the buffers are resized before the copy
             self.float_dims = torch.empty(dims.shape, dtype=torch.int64, device=device)
             self.float_weight = torch.empty(weight.shape, dtype=weight.dtype, device=device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
-        if dims is None:
-            for key in (dims_key, weight_key):
-                if key in missing_keys:
-                    missing_keys.remove(key)
-        elif dims.numel():
+        state = state_dict
+        if dims is not None and not dims.numel():  # an empty pair means none: not loaded, not unexpected
+            state = {k: v for k, v in state_dict.items() if k not in (dims_key, weight_key)}
+        super()._load_from_state_dict(state, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
+        if self.float_dims is not None:
             _check_float_dims(self.float_dims, self.in_features, device)
 
     def _apply(self, fn, recurse=True):
