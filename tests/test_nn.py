@@ -158,16 +158,44 @@ def test_few_tokens_take_the_weight_only_path_by_default():
 
     if not _capability.has_weight_int8pack_mm():
         pytest.skip("torch._weight_int8pack_mm does not run on this CPU build")
-    q = Int8Linear.from_linear(_linear())
-    assert q.weight_only_max_tokens is None and weight_only.auto_max_tokens(40, 24) == weight_only.AUTO_MAX_TOKENS
+    q = Int8Linear.from_linear(_linear(K=48))
+    assert q.weight_only_max_tokens is None and weight_only.auto_max_tokens(48, 24) == weight_only.AUTO_MAX_TOKENS
     assert weight_only.auto_max_tokens(4096, 4096) == 1 and weight_only.auto_max_tokens(4096, 11008) == 0
-    X = torch.randn(1, 40)
+    X = torch.randn(1, 48)
     ref = int8_weight_only_reference(X.double(), q.weight_int8, q.weight_scale, q.bias)
     torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=2**-8 * ref.abs().max().item())
     # decoding alone builds neither the packed copy of the weight nor its row sums
     assert q._packed_weight._key is None and q._row_sums._key is None
-    q(torch.randn(weight_only.AUTO_MAX_TOKENS + 1, 40))
+    q(torch.randn(weight_only.AUTO_MAX_TOKENS + 1, 48))
     assert q._row_sums._key is not None  # the int8 x int8 path ran and built what it needs
     q.weight_only_max_tokens = 0  # off: the LLM.int8() product for every input
     ref8 = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation=q.activation)
     torch.testing.assert_close(q(X).double(), ref8, rtol=0, atol=1e-5 * ref8.abs().max().item())
+
+
+def test_weight_only_path_only_for_k_a_multiple_of_16():
+    # torch's x86 kernel has no remainder loop over K: other K must take the int8 x int8 path
+    from llm_int8.ops import weight_only
+
+    q = Int8Linear.from_linear(_linear(K=40))
+    assert not weight_only.available(torch.device("cpu"), 40)
+    X = torch.randn(2, 40)
+    ref = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation=q.activation)
+    torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+    with pytest.raises(ValueError, match="in_features % 16"):
+        weight_only.int8_weight_only_linear(X, q.weight_int8, q.weight_scale, q.bias)
+
+
+def test_weight_only_path_takes_a_misaligned_view():
+    from llm_int8.ops import _capability
+    from llm_int8.primitives import int8_weight_only_reference
+
+    if not _capability.has_weight_int8pack_mm():
+        pytest.skip("torch._weight_int8pack_mm does not run on this CPU build")
+    q = Int8Linear.from_linear(_linear(K=64), weight_only_max_tokens=8)
+    flat = torch.randn(1 + 3 * 64, dtype=torch.bfloat16)
+    X = flat[1:].view(3, 64)  # starts 2 bytes into its storage: not aligned for the kernel's loads
+    assert X.data_ptr() % 64 and torch.equal(q(X), q(X.clone()))  # as for an aligned copy
+    ref = int8_weight_only_reference(X.double(), q.weight_int8, q.weight_scale, q.bias)
+    # the kernel's bf16 output, then the bf16 result: two roundings
+    torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=2**-7 * ref.abs().max().item())

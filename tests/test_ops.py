@@ -284,7 +284,7 @@ def test_int8_linear_takes_the_weight_only_path_only_where_asked(monkeypatch):
     int8_linear(torch.randn(1, 64, requires_grad=True), W_i8, s_w, b, weight_only_max_tokens=8)  # autograd
     int8_linear(torch.randn(1, 64), W_i8, s_w, b.clone().requires_grad_(), weight_only_max_tokens=8)
     assert len(calls) == 1
-    monkeypatch.setattr(weight_only, "available", lambda device: False)  # e.g. a GPU tensor
+    monkeypatch.setattr(weight_only, "available", lambda device, in_features: False)  # e.g. a GPU tensor
     int8_linear(torch.randn(1, 64), W_i8, s_w, b, weight_only_max_tokens=8)
     assert len(calls) == 1
 

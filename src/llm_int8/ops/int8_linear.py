@@ -222,8 +222,9 @@ def int8_linear(
     its value only when the int8 x int8 path runs, so a layer that only takes the weight-only path
     never builds the packed copy of its weight or its row sums.
     ``weight_only_max_tokens``: inputs of at most this many rows (tokens) take the int8-weight,
-    bf16-activation kernel of ``ops/weight_only.py`` where it is available (CPU) and no gradient is
-    needed; 0 (the default here) never. ``Int8Linear`` passes the measured crossover.
+    bf16-activation kernel of ``ops/weight_only.py`` where it is available (CPU, ``in_features`` a
+    multiple of 16) and no gradient is needed; 0 (the default here) never. ``Int8Linear`` passes the
+    measured crossover.
 
     NaN/Inf policy: a column of ``x`` that holds a non-finite value is always computed in float,
     so non-finite values propagate to exactly the outputs ``nn.Linear`` would make non-finite,
@@ -240,7 +241,7 @@ def int8_linear(
         out = x.new_zeros(*lead, N)
         return out if bias is None else out + bias.to(x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
-    if X.shape[0] <= weight_only_max_tokens and not needs_grad and weight_only.available(x.device):
+    if X.shape[0] <= weight_only_max_tokens and not needs_grad and weight_only.available(x.device, K):
         out = weight_only.int8_weight_only_linear(x, weight_int8, weight_scale, bias)
         if float_columns is not None:  # the codes of S are 0: add X_S W_S^T in float
             S, W_S = float_columns

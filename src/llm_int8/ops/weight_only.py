@@ -18,7 +18,7 @@ import torch
 
 from . import _capability
 
-__all__ = ["AUTO_MAX_MACS", "AUTO_MAX_TOKENS", "auto_max_tokens", "int8_weight_only_linear"]
+__all__ = ["AUTO_MAX_MACS", "AUTO_MAX_TOKENS", "K_MULTIPLE", "auto_max_tokens", "available", "int8_weight_only_linear"]
 
 AUTO_MAX_TOKENS = 16
 AUTO_MAX_MACS = 2**24
@@ -28,6 +28,13 @@ int8 path (``benchmarks/bench_layers.py``, BENCHMARKS.md section (c)). This kern
 linearly with the tokens, the int8 path's is mostly a fixed per-call overhead at small M: on the
 576 x 1536 layers of SmolLM2 it wins up to 16 tokens (not at 128), on 4096 x 4096 only at 1 token,
 and on 4096 x 11008 not at all."""
+
+K_MULTIPLE = 16
+"""The kernel runs only for ``in_features % K_MULTIPLE == 0``. Its x86 inner loop (torch's
+``int8mm_kernel.cpp``) steps through K 16 elements at a time on AVX-512 (8 on AVX2) with aligned
+vector loads and no remainder loop, so any other K reads past each row: on an AVX-512 CPU with torch
+2.13, K = 40 gave inf/NaN outputs or a segmentation fault. Other layers take the int8 x int8 path."""
+_ALIGN = 64  # bytes: the kernel's aligned loads need each row, hence the base pointer, aligned
 
 
 def auto_max_tokens(in_features: int, out_features: int) -> int:
@@ -45,16 +52,25 @@ def int8_weight_only_linear(
     (``_capability.has_weight_int8pack_mm``); no autograd.
     """
     N, K = weight_int8.shape
+    if K % K_MULTIPLE:
+        raise ValueError(f"the weight-only kernel needs in_features % {K_MULTIPLE} == 0, got {K}")
     lead = x.shape[:-1]
-    X = x.reshape(-1, K).to(torch.bfloat16)  # (M, K)
+    X = _aligned(x.reshape(-1, K).to(torch.bfloat16))  # (M, K)
     ones = torch.ones(N, dtype=torch.bfloat16, device=x.device)
-    C = torch._weight_int8pack_mm(X, weight_int8.contiguous(), ones).float()  # (M, N): X_bf16 W_i8^T, one bf16 rounding
+    C = torch._weight_int8pack_mm(X, _aligned(weight_int8), ones).float()  # (M, N): X_bf16 W_i8^T, one bf16 rounding
     C.mul_(weight_scale.float())
     if bias is not None:
         C.add_(bias.float())
     return C.to(x.dtype).reshape(*lead, N)
 
 
-def available(device: torch.device) -> bool:
-    """Whether the weight-only kernel runs (and is right) for tensors on ``device``."""
-    return device.type == "cpu" and _capability.has_weight_int8pack_mm()
+def available(device: torch.device, in_features: int) -> bool:
+    """Whether the weight-only kernel runs (and is right) for a layer of ``in_features`` on ``device``."""
+    return device.type == "cpu" and in_features % K_MULTIPLE == 0 and _capability.has_weight_int8pack_mm()
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous with a 64-byte-aligned start (a view at an odd offset, or a memory-mapped
+    checkpoint tensor, is copied; fresh allocations already are)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % _ALIGN == 0 else t.clone()
