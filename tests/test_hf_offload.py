@@ -93,6 +93,16 @@ def test_disk_offload_with_and_without_float_columns(tmp_path):
         saved, device_map=_CPU_DISK_MAP, offload_folder=tmp_path / "offload2", offload_buffers=True
     )
     torch.testing.assert_close(logits(theirs), logits(reference), rtol=0, atol=0)
+    tiny_model("llama").save_pretrained(tmp_path / "fp")  # and from the float checkpoint, streamed to disk
+    streamed = llm_int8.from_pretrained(
+        tmp_path / "fp",
+        float_dims={layer: [2, 9]},
+        device_map=_CPU_DISK_MAP,
+        offload_folder=tmp_path / "offload3",
+        progress=False,
+    )
+    assert streamed.get_submodule(layer).float_weight.is_meta
+    torch.testing.assert_close(logits(streamed), logits(reference), rtol=0, atol=0)
 
 
 def test_transformers_on_the_fly_refuses_disk(llama_dir, tmp_path):

@@ -50,7 +50,7 @@ def test_zero_and_tiny_rows(tmp_path, transposed):
     W[4] = 1e-30
     save_file({"w": W.T.contiguous() if transposed else W}, tmp_path / "x.safetensors")
     with SafetensorsFile(tmp_path / "x.safetensors") as f:
-        W_i8, s_w = pretrained._read_quantized(f, "w", transposed, "w", pretrained._Scratch())
+        W_i8, s_w, _ = pretrained._read_quantized(f, "w", transposed, "w", pretrained._Scratch())
     assert torch.equal(W_i8[1], torch.zeros(10, dtype=torch.int8)) and s_w[1] == 0
     expected = Int8Linear.from_linear(_linear_with(W))
     assert torch.equal(W_i8, expected.weight_int8) and torch.equal(s_w, expected.weight_scale)
@@ -71,6 +71,29 @@ def test_blockwise_quantization_is_bit_exact(tmp_path, monkeypatch, family):
     monkeypatch.setattr(pretrained, "_BLOCK_BYTES", 3 * 4 * 64)  # 3 rows of 64 float32 per block
     loaded = llm_int8.from_pretrained(tmp_path, progress=False)
     _assert_same_int8(loaded, quantize_model(copy.deepcopy(model)))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_float_dims_are_taken_out_while_streaming(tmp_path, monkeypatch, family):
+    """``float_dims`` for a float checkpoint: bit-identical to ``quantize_model(float_dims=...)``,
+    across row blocks (and the two passes of a Conv1D weight, where the dims are stored rows)."""
+    model = tiny_model(family)
+    model.save_pretrained(tmp_path)
+    layers = [n for n, m in quantize_model(copy.deepcopy(model)).named_modules() if isinstance(m, Int8Linear)]
+    dims = {layers[0]: [0, 5, 33], layers[-1]: [2]}
+    monkeypatch.setattr(pretrained, "_BLOCK_BYTES", 3 * 4 * 64)  # 3 rows of 64 float32 per block
+    loaded = llm_int8.from_pretrained(tmp_path, float_dims=dims, progress=False)
+    reference = quantize_model(copy.deepcopy(model), float_dims=dims)
+    _assert_same_int8(loaded, reference)
+    for name, d in dims.items():
+        ours, theirs = loaded.get_submodule(name), reference.get_submodule(name)
+        assert ours.float_dims.tolist() == d and torch.equal(ours.float_weight, theirs.float_weight)
+    torch.testing.assert_close(logits(loaded), logits(reference), rtol=0, atol=0)
+    assert loaded.config.quantization_config.float_dims == dims
+    with pytest.raises(ValueError, match="not converted linear layers"):
+        llm_int8.from_pretrained(tmp_path, float_dims={"lm_head": [1]}, progress=False)
+    with pytest.raises(ValueError, match="float_dims must lie in"):
+        llm_int8.from_pretrained(tmp_path, float_dims={layers[0]: [10**6]}, progress=False)
 
 
 def test_skip_modules_are_added_to_the_automatic_list(tmp_path):

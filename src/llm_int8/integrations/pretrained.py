@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -159,8 +160,14 @@ def _inv_step(absmax: torch.Tensor) -> torch.Tensor:
 
 
 def _read_quantized(
-    handle, key: str, transposed: bool, label: str, scratch: _Scratch
-) -> tuple[torch.Tensor, torch.Tensor]:
+    handle,
+    key: str,
+    transposed: bool,
+    label: str,
+    scratch: _Scratch,
+    float_dims: torch.Tensor | None = None,
+    float_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Quantize checkpoint tensor ``key`` row-wise while reading it in blocks of rows.
 
     ``W_i8[i] = round(W[i] * 127 / max|W[i]|)``, ``s_w[i] = max|W[i]| / 127``, computed as
@@ -169,7 +176,10 @@ def _read_quantized(
     For an ``nn.Linear`` the stored weight is ``W`` (out, in) and each block of output rows is
     quantized on its own. A ``Conv1D`` stores ``W^T`` (in, out): the row absmax of ``W`` is a column
     max there, so a first pass over the blocks collects it and a second pass writes the codes.
-    Returns ``(W_i8 (out, in) int8, s_w (out,) float32)``.
+
+    ``float_dims`` (sorted int64 input dims, or ``None``): their weight columns are taken out in
+    ``float_dtype`` and zeroed before the row absmax, as ``Int8Linear.from_linear(float_dims=...)``
+    does. Returns ``(W_i8 (out, in) int8, s_w (out,) float32, W[:, float_dims] or None)``.
     """
     info = handle.tensors[key]
     if not _is_float(info.dtype) or len(info.shape) != 2:
@@ -190,28 +200,46 @@ def _read_quantized(
         if not torch.isfinite(absmax).all():  # a NaN or Inf anywhere in the rows makes their absmax non-finite
             raise CheckpointError(f"{info.path}: tensor {key!r} holds NaN or Inf values; cannot quantize it")
 
+    dims = float_dims if float_dims is not None and float_dims.numel() else None
     if not transposed:
         W_i8 = torch.empty(rows, cols, dtype=torch.int8)  # (out, in)
         s_w = torch.empty(rows, dtype=torch.float32)  # (out,)
+        W_S = None if dims is None else torch.empty(rows, dims.numel(), dtype=float_dtype)  # (out, |S|)
         for r0, r1, W_block in blocks():
+            if dims is not None:
+                W_S[r0:r1] = W_block[:, dims]
+                W_block.index_fill_(1, dims, 0)
             absmax = _absmax(W_block, dim=1)  # (r1 - r0,)
             check_finite(absmax)
             inv_step = _inv_step(absmax)
             W_block.mul_(inv_step[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)
             W_i8[r0:r1].copy_(W_block)  # exact: the values are integers in [-127, 127]
             torch.div(absmax, INT8_MAX, out=s_w[r0:r1])
-        return W_i8, s_w
-    # Conv1D: stored (in, out) = (rows, cols)
+        return W_i8, s_w, W_S
+    # Conv1D: stored (in, out) = (rows, cols); the float dims are rows here
     absmax = torch.zeros(cols, dtype=torch.float32)  # (out,)
-    for _, _, WT_block in blocks():
+    W_S = None if dims is None else torch.empty(cols, dims.numel(), dtype=float_dtype)  # (out, |S|)
+
+    def take_float_rows(r0: int, r1: int, WT_block: torch.Tensor, keep: bool) -> None:
+        if dims is None:
+            return
+        inside = ((dims >= r0) & (dims < r1)).nonzero().reshape(-1)  # positions in S
+        local = dims[inside] - r0
+        if keep:
+            W_S[:, inside] = WT_block[local].T
+        WT_block.index_fill_(0, local, 0)
+
+    for r0, r1, WT_block in blocks():
+        take_float_rows(r0, r1, WT_block, keep=True)
         torch.maximum(absmax, _absmax(WT_block, dim=0), out=absmax)
     check_finite(absmax)
     inv_step = _inv_step(absmax)  # (out,)
     W_i8 = torch.empty(cols, rows, dtype=torch.int8)  # (out, in)
     for r0, r1, WT_block in blocks():
+        take_float_rows(r0, r1, WT_block, keep=False)
         WT_block.mul_(inv_step).round_().clamp_(-INT8_MAX, INT8_MAX)  # (r1 - r0, out)
         W_i8[:, r0:r1].copy_(WT_block.T)
-    return W_i8, absmax / INT8_MAX
+    return W_i8, absmax / INT8_MAX, W_S
 
 
 def _set_tensor(model: nn.Module, key: str, value: torch.Tensor) -> None:
@@ -259,6 +287,7 @@ def from_pretrained(
     offload_folder: str | os.PathLike | None = None,
     auto_class=None,
     activation: str | None = None,
+    float_dims: Mapping[str, Sequence[int]] | None = None,
     **kwargs,
 ):
     """Load a Hugging Face causal LM with its linear layers as ``Int8Linear``, streaming the weights.
@@ -276,6 +305,10 @@ def from_pretrained(
     the checkpoint's (a bf16 checkpoint stays bf16). ``device_map`` / ``max_memory``: as in
     transformers (``"auto"``, a dict, ...), planned on int8 sizes; ``"disk"`` entries go to
     ``offload_folder``. ``auto_class``: the transformers auto class (``AutoModelForCausalLM``).
+    ``float_dims``: for a float checkpoint (or GGUF), ``{layer name: input dims}`` whose weight
+    columns stay in float and are always computed in float (``Int8Linear.float_dims``), e.g. from
+    ``llm_int8.analysis.calibrate_outlier_dims`` or the ``float_dims`` of a saved config; taken
+    out of each weight as it streams in. An int8 checkpoint keeps the float dims it was saved with.
     Remaining ``kwargs`` go to ``AutoConfig.from_pretrained``.
 
     Raises ``CheckpointError`` (a ``ValueError``) naming the file and tensor for a missing, corrupt
@@ -286,7 +319,9 @@ def from_pretrained(
     auto_class = auto_class or AutoModelForCausalLM
     folder, gguf_kwargs = _local_folder(model, kwargs)
     if folder is None:
-        return _from_gguf(model, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation)
+        return _from_gguf(
+            model, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation, float_dims
+        )
 
     config = AutoConfig.from_pretrained(folder, **kwargs)
     saved_q = getattr(config, "quantization_config", None)
@@ -310,6 +345,8 @@ def from_pretrained(
         logger.info("%s is already int8 (llm_int8 format %d): loading it as is", folder, saved.format_version)
         if skip_modules:
             logger.warning("skip_modules=%s ignored: %s is already int8", list(skip_modules), folder)
+        if float_dims:
+            logger.warning("float_dims ignored: %s is already int8 (its saved float_dims are used)", folder)
         auto_skip = list(saved.modules_to_not_convert or automatic_skip_modules(hf_model))
         if threshold is None:
             threshold = saved.threshold
@@ -318,7 +355,11 @@ def from_pretrained(
         user_skip = list(saved.skip_modules or [])
         float_dims = saved.float_dims
     elif saved_q and saved_q.get("load_in_8bit"):
-        float_dims = None
+        if float_dims:
+            raise ValueError(
+                f"float_dims needs the float weight columns, but {folder} is a bitsandbytes int8 checkpoint; "
+                "load the float checkpoint instead"
+            )
         auto_skip = automatic_skip_modules(hf_model) + list(saved_q.get("llm_int8_skip_modules") or [])
         if threshold is None:
             threshold = float(saved_q.get("llm_int8_threshold", DEFAULT_THRESHOLD))
@@ -331,7 +372,6 @@ def from_pretrained(
     else:
         auto_skip = automatic_skip_modules(hf_model)
         user_skip = list(skip_modules or [])
-        float_dims = None
     checked = Int8Config(
         threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
         activation=DEFAULT_ACTIVATION if activation is None else activation,
@@ -345,6 +385,10 @@ def from_pretrained(
     stored_int8 = {probe(k).rpartition(".")[0] for k in headers if probe(k) is not None}
     to_int8 = sorted(set(to_int8) | stored_int8)
     kept = sorted(all_linear - set(to_int8))
+    float_dims = {k: list(v) for k, v in (float_dims or {}).items()} or None
+    unknown = sorted(set(float_dims or {}) - set(to_int8))
+    if unknown:
+        raise ValueError(f"float_dims names modules that are not converted linear layers: {unknown[:5]}")
     conv1d = set(
         swap_linears_on_meta(
             hf_model, to_int8, threshold, bias_dtype=dtype, activation=activation, float_dims=float_dims
@@ -412,9 +456,17 @@ def from_pretrained(
                         place(i8_key, handle.read(ckey))
                         continue
                     check(info, key, shape[::-1] if layer in conv1d else shape, float_expected=True)
-                    W_i8, s_w = _read_quantized(handle, ckey, layer in conv1d, f"weight of {layer}", scratch)
+                    dims = None
+                    if float_dims and layer in float_dims:  # checked by the swap: distinct, in range
+                        dims = torch.tensor(float_dims[layer], dtype=torch.int64).sort().values
+                    W_i8, s_w, W_S = _read_quantized(
+                        handle, ckey, layer in conv1d, f"weight of {layer}", scratch, dims, dtype
+                    )
                     place(i8_key, W_i8)
                     place(f"{layer}.weight_scale", s_w)
+                    if W_S is not None:
+                        place(f"{layer}.float_dims", dims)
+                        place(f"{layer}.float_weight", W_S)
                     continue
                 if layer in int8_set and leaf == "SCB":  # bitsandbytes: row absmax of W
                     scale_key = f"{layer}.weight_scale"
@@ -487,7 +539,7 @@ def _attach_config(model: nn.Module, threshold: float, user_skip, kept, activati
         model.config._is_quantized = True
 
 
-def _from_gguf(source, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation):
+def _from_gguf(source, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation, float_dims):
     """GGUF: transformers dequantizes it to float on load; convert after (a GGUF is small anyway)."""
     name, extra = resolve_model_source(source)
     model = auto_class.from_pretrained(name, dtype=dtype or torch.float32, **extra)
@@ -495,7 +547,14 @@ def _from_gguf(source, threshold, skip_modules, dtype, auto_class, gguf_kwargs, 
     activation = DEFAULT_ACTIVATION if activation is None else activation
     skip = automatic_skip_modules(model) + list(skip_modules or [])
     to_int8, kept = int8_targets(model, skip)
-    quantize_model(model, threshold=threshold, skip_modules=tuple(skip), progress=progress, activation=activation)
-    _attach_config(model, threshold, skip_modules, kept, activation)
+    quantize_model(
+        model,
+        threshold=threshold,
+        skip_modules=tuple(skip),
+        progress=progress,
+        activation=activation,
+        float_dims=float_dims,
+    )
+    _attach_config(model, threshold, skip_modules, kept, activation, float_dims)
     model.eval()
     return model
