@@ -89,6 +89,9 @@ def test_state_dict_round_trip_and_old_states():
     assert "float_dims" not in plain.state_dict()  # a layer without them saves as before
     fresh.load_state_dict(plain.state_dict())  # and loading such a state clears them
     assert fresh.float_dims is None and fresh.float_weight is None
+    empty = {**plain.state_dict(), "float_dims": torch.zeros(0, dtype=torch.int64), "float_weight": torch.zeros(24, 0)}
+    fresh.load_state_dict(empty)  # an empty pair is the same as none (strict: not unexpected)
+    assert fresh.float_dims is None
     state.pop("float_weight")
     with pytest.raises(RuntimeError, match="come together"):
         Int8Linear(32, 24).load_state_dict(state)

@@ -181,12 +181,13 @@ class Int8Linear(nn.Module):
         else:  # take the stored |S|: the buffers are resized before the copy
             self.float_dims = torch.empty(dims.shape, dtype=torch.int64, device=device)
             self.float_weight = torch.empty(weight.shape, dtype=weight.dtype, device=device)
-        state = state_dict
-        if dims is not None and not dims.numel():  # an empty pair means none: not loaded, not unexpected
-            state = {k: v for k, v in state_dict.items() if k not in (dims_key, weight_key)}
-        super()._load_from_state_dict(state, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
         if self.float_dims is not None:
             _check_float_dims(self.float_dims, self.in_features, device)
+        elif dims is not None:  # an empty pair means none: not loaded, and not unexpected either
+            for key in (dims_key, weight_key):
+                if key in unexpected_keys:
+                    unexpected_keys.remove(key)
 
     def _apply(self, fn, recurse=True):
         scale = self.weight_scale
