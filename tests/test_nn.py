@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from llm_int8 import Int8Linear
-from llm_int8.primitives import int8_linear_reference
+from llm_int8.ops import _capability
+from llm_int8.primitives import int8_linear_reference, int8_weight_only_reference
+
+needs_weight_only = pytest.mark.skipif(
+    not _capability.has_weight_int8pack_mm(), reason="torch._weight_int8pack_mm does not run on this CPU build"
+)
 
 
 def _linear(K=40, N=24, bias=True, dtype=torch.float32):
@@ -152,12 +157,10 @@ def test_zeropoint_layer_saves_the_same_state_and_follows_weight_changes():
     torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
 
 
+@needs_weight_only
 def test_few_tokens_take_the_weight_only_path_by_default():
-    from llm_int8.ops import _capability, weight_only
-    from llm_int8.primitives import int8_weight_only_reference
+    from llm_int8.ops import weight_only
 
-    if not _capability.has_weight_int8pack_mm():
-        pytest.skip("torch._weight_int8pack_mm does not run on this CPU build")
     q = Int8Linear.from_linear(_linear(K=48))
     assert q.weight_only_max_tokens is None and weight_only.auto_max_tokens(48, 24) == weight_only.AUTO_MAX_TOKENS
     assert weight_only.auto_max_tokens(4096, 4096) == 1 and weight_only.auto_max_tokens(4096, 11008) == 0
@@ -186,12 +189,8 @@ def test_weight_only_path_only_for_k_a_multiple_of_16():
         weight_only.int8_weight_only_linear(X, q.weight_int8, q.weight_scale, q.bias)
 
 
+@needs_weight_only
 def test_weight_only_path_takes_a_misaligned_view():
-    from llm_int8.ops import _capability
-    from llm_int8.primitives import int8_weight_only_reference
-
-    if not _capability.has_weight_int8pack_mm():
-        pytest.skip("torch._weight_int8pack_mm does not run on this CPU build")
     q = Int8Linear.from_linear(_linear(K=64), weight_only_max_tokens=8)
     flat = torch.randn(1 + 3 * 64, dtype=torch.bfloat16)
     X = flat[1:].view(3, 64)  # starts 2 bytes into its storage: not aligned for the kernel's loads
