@@ -168,9 +168,9 @@ def test_few_tokens_take_the_weight_only_path_by_default():
     ref = int8_weight_only_reference(X.double(), q.weight_int8, q.weight_scale, q.bias)
     torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=2**-8 * ref.abs().max().item())
     # decoding alone builds neither the packed copy of the weight nor its row sums
-    assert q._packed_weight._key is None and q._row_sums._key is None
+    assert not q._packed_weight.is_built and not q._row_sums.is_built
     q(torch.randn(weight_only.AUTO_MAX_TOKENS + 1, 48))
-    assert q._row_sums._key is not None  # the int8 x int8 path ran and built what it needs
+    assert q._row_sums.is_built  # the int8 x int8 path ran and built what it needs
     q.weight_only_max_tokens = 0  # off: the LLM.int8() product for every input
     ref8 = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation=q.activation)
     torch.testing.assert_close(q(X).double(), ref8, rtol=0, atol=1e-5 * ref8.abs().max().item())

@@ -1,33 +1,79 @@
-"""Argument types shared by the subcommands."""
+"""Argument types shared by the subcommands: each rejects a bad value with a one-line reason."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
+from pathlib import Path
 
 from ..config import ACTIVATION_QUANTIZERS, DEFAULT_ACTIVATION, DEFAULT_THRESHOLD
 
-__all__ = ["add_int8_options", "nonnegative_int", "positive_int", "threshold"]
+__all__ = [
+    "add_int8_options",
+    "nonempty_text",
+    "nonnegative_int",
+    "output_file",
+    "positive_int",
+    "regex",
+    "threshold",
+]
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
 
 
 def nonnegative_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return value
 
 
 def threshold(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"threshold must be >= 0 (0 disables decomposition), got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):  # as Int8Config: NaN and inf are refused
+        raise argparse.ArgumentTypeError(f"threshold must be a finite number >= 0 (0 disables decomposition), got {text}")
     return value
+
+
+def nonempty_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {text!r} ({err})") from None
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write at the end of a run: checked before the run, not after it."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is not a directory")
+    return text
 
 
 def add_int8_options(parser: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:

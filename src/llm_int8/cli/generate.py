@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._args import add_int8_options, positive_int
+from ._args import add_int8_options, nonempty_text, positive_int
 from .demo import greedy
 
 __all__ = ["register"]
@@ -34,7 +34,7 @@ def register(sub) -> None:
         "--model",
         help="local HF directory (float or saved int8), .gguf file or hub id (default: bundled SmolLM2-135M-Instruct)",
     )
-    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--prompt", required=True, type=nonempty_text)
     add_int8_options(gen, from_checkpoint=True)
     gen.add_argument("--max-new-tokens", type=positive_int, default=64)
     gen.add_argument("--no-int8", action="store_true", help="run the float model, for comparison")

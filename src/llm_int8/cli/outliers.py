@@ -6,9 +6,11 @@ import time
 
 import torch
 
-from ._args import positive_int
+from ._args import nonnegative_int, output_file, positive_int, regex
 
 __all__ = ["register"]
+
+_DEFAULT_WINDOW = 2048
 
 
 def _fraction(text: str) -> float:
@@ -42,6 +44,10 @@ def _cmd_outliers(args) -> int:
     model, tokenizer = load_model(args.model, dtype=torch.float32)
     torch.set_grad_enabled(False)
     ids = tokenize_text(tokenizer, text, args.max_tokens)
+    if args.window is None:  # the default window, shortened to what the text holds
+        args.window = min(_DEFAULT_WINDOW, ids.numel())
+        if args.window < _DEFAULT_WINDOW:
+            print(f"window shortened from {_DEFAULT_WINDOW} to {args.window} tokens: the text (or --max-tokens) has no more")
     if ids.numel() < args.window:
         raise ValueError(f"{args.text}: {ids.numel()} tokens, fewer than one window of {args.window}")
     sites = find_sites(model, args.modules)
@@ -128,7 +134,12 @@ def register(sub) -> None:
     p.add_argument("--model", help="local HF directory, .gguf file or hub id (default: bundled SmolLM2-135M-Instruct)")
     p.add_argument("--text", required=True, help="text file (e.g. ../shared/data/wikitext-2/test.txt)")
     p.add_argument("--max-tokens", type=positive_int, default=None, help="use only the first N tokens of --text")
-    p.add_argument("--window", type=positive_int, default=2048, help="sequence length in tokens (default 2048)")
+    p.add_argument(
+        "--window",
+        type=positive_int,
+        default=None,
+        help=f"sequence length in tokens (default {_DEFAULT_WINDOW}, or the whole text if shorter)",
+    )
     p.add_argument("--magnitude", type=_positive_float, default=6.0, help="outlier magnitude α (default 6.0)")
     p.add_argument("--min-layers", type=_fraction, default=0.25, help="fraction of layers (default 0.25)")
     p.add_argument("--min-seq", type=_fraction, default=0.06, help="fraction of sequence positions (default 0.06)")
@@ -136,17 +147,18 @@ def register(sub) -> None:
         "--modules",
         nargs="+",
         metavar="REGEX",
+        type=regex,
         help="module-name regexes whose inputs to measure (default: per-architecture attention/FFN inputs)",
     )
     p.add_argument(
         "--ablation-tokens",
-        type=int,
+        type=nonnegative_int,
         default=4096,
         help="tokens (from the start of --text) for the ablation; 0 skips it (default 4096)",
     )
     p.add_argument("--ablation-window", type=positive_int, default=512, help="ablation window (default 512)")
-    p.add_argument("--random-draws", type=int, default=3, help="random-dim draws for the ablation (default 3)")
+    p.add_argument("--random-draws", type=nonnegative_int, default=3, help="random-dim draws for the ablation (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-dim draws")
-    p.add_argument("--json", required=True, help="where to write the results (JSON; written only on success)")
-    p.add_argument("--plot", help="also write the magnitude plots (PNG)")
+    p.add_argument("--json", required=True, type=output_file, help="where to write the results (JSON; written only on success)")
+    p.add_argument("--plot", type=output_file, help="also write the magnitude plots (PNG)")
     p.set_defaults(func=_cmd_outliers)

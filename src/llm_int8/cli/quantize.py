@@ -7,6 +7,20 @@ from ._args import add_int8_options
 __all__ = ["register"]
 
 
+def _shard_size(text: str) -> str:
+    import argparse
+
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        size = convert_file_size_to_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size such as 500MB or 2GB: {text!r}") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive size, got {text!r}")
+    return text
+
+
 def _tokenizer_or_none(source: str):
     """The source's tokenizer, saved next to the int8 weights so the folder is self-contained."""
     import logging
@@ -106,6 +120,6 @@ def register(sub) -> None:
         "(loads the float model in memory once; llm_int8 format only)",
     )
     q.add_argument("--calibration-text", metavar="FILE", help="text to calibrate on (default: a built-in English text)")
-    q.add_argument("--max-shard-size", default="2GB")
+    q.add_argument("--max-shard-size", type=_shard_size, default="2GB", help="e.g. 500MB, 2GB (default 2GB)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     q.set_defaults(func=_cmd_quantize)

@@ -21,12 +21,13 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
 __all__ = [
     "CheckpointError",
+    "check_config_json",
     "SAFETENSORS_DTYPES",
     "CheckpointShards",
     "SafetensorsFile",
@@ -136,7 +137,31 @@ class SafetensorsFile:
                     f"{size} bytes: the file is truncated"
                 )
             tensors[name] = TensorInfo(name, self.path, dtype, shape, data_start + begin, data_start + end)
+        self._check_layout(tensors, data_start, data_size)
         return tensors
+
+    def _check_layout(self, tensors: dict[str, TensorInfo], data_start: int, data_size: int) -> None:
+        """The byte ranges must tile the data section: no overlap (two tensors reading the same bytes
+        would load garbage codes) and no hole, as the format requires and ``safetensors`` checks."""
+        offset = 0
+        for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+            begin = info.begin - data_start
+            if begin < offset:
+                raise CheckpointError(
+                    f"{self.path}: tensor {info.name!r} starts at data byte {begin}, inside the previous tensor "
+                    f"(which ends at {offset}): overlapping data_offsets, the header is corrupt"
+                )
+            if begin > offset:
+                raise CheckpointError(
+                    f"{self.path}: tensor {info.name!r} starts at data byte {begin}, but the previous tensor ends at "
+                    f"{offset}: a hole in data_offsets, the header is corrupt"
+                )
+            offset = info.end - data_start
+        if offset != data_size:
+            raise CheckpointError(
+                f"{self.path}: the tensors end at data byte {offset} but the data section has {data_size} bytes: "
+                "the header does not describe the file (corrupt or truncated)"
+            )
 
     def __enter__(self) -> SafetensorsFile:
         return self
@@ -232,6 +257,54 @@ class _PickleFile:
         return scratch[: rows.numel() * rows.element_size()].view(rows.dtype).view(rows.shape).copy_(rows)
 
 
+def check_config_json(folder: str | os.PathLike) -> dict:
+    """The model folder's ``config.json`` as a dict, checked before transformers reads it.
+
+    transformers fails on some corruptions deep inside (a ``quantization_config`` that is a string
+    raises ``AttributeError`` while it formats a log line); here each is a ``CheckpointError``
+    naming the file and the key.
+    """
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path}: not found: not a Hugging Face model folder") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a {type(config).__name__}, not a JSON object")
+    qc = config.get("quantization_config")
+    if qc is not None and not isinstance(qc, dict):
+        raise CheckpointError(f"{path}: quantization_config is {qc!r}, not a JSON object")
+    if isinstance(qc, dict) and "quant_method" in qc and not isinstance(qc["quant_method"], str):
+        raise CheckpointError(f"{path}: quantization_config.quant_method is {qc['quant_method']!r}, not a name")
+    return config
+
+
+def _read_index(index_path: Path) -> dict[str, str]:
+    """The ``weight_map`` of a shard index: tensor name -> a file name inside the index's folder.
+
+    A file outside the folder (an absolute path, a ``..`` component) is refused: a checkpoint is
+    data from elsewhere, and must not make us read an arbitrary file. Symlinked shards (the Hugging
+    Face cache) are fine: only the name written in the index is checked.
+    """
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index_path}: corrupt index ({err.__class__.__name__}: {err})") from err
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: corrupt index: weight_map is a {type(weight_map).__name__}, not a mapping")
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or not file:
+            raise CheckpointError(f"{index_path}: tensor {name!r} is mapped to {file!r}, not a file name")
+        parts = PurePosixPath(file.replace("\\", "/")).parts
+        if parts[0] == "/" or Path(file).is_absolute() or ".." in parts:
+            raise CheckpointError(
+                f"{index_path}: tensor {name!r} is mapped to {file!r}, outside the checkpoint folder; refusing to read it"
+            )
+    return weight_map
+
+
 class CheckpointShards:
     """The weight files of a local Hugging Face model folder, single-file or sharded with an index.
 
@@ -245,10 +318,7 @@ class CheckpointShards:
         for index_name, single_name in ((SAFE_INDEX, SAFE_WEIGHTS), (PT_INDEX, PT_WEIGHTS)):
             index_path = self.folder / index_name
             if index_path.is_file():
-                try:
-                    self.index = json.loads(index_path.read_text())["weight_map"]
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise CheckpointError(f"{index_path}: corrupt index ({err})") from err
+                self.index = _read_index(index_path)
                 self.files = [self.folder / f for f in dict.fromkeys(sorted(self.index.values()))]
                 self.index_path = index_path
                 break

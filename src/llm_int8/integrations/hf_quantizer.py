@@ -80,6 +80,9 @@ class LLMInt8Config(QuantizationConfigMixin):
         kwargs.pop("quant_method", None)
         if kwargs:
             raise TypeError(f"LLMInt8Config got unknown arguments {sorted(kwargs)}")
+        # a single name is a one-element list, never its characters (list("lm_head") = ['l', 'm', ...])
+        skip_modules = _name_list("skip_modules", skip_modules)
+        modules_to_not_convert = _name_list("modules_to_not_convert", modules_to_not_convert)
         if skip_modules is not None and not skip_modules:
             skip_modules = None
         # validates threshold and names the same way as quantize_model
@@ -111,6 +114,19 @@ class LLMInt8Config(QuantizationConfigMixin):
             "format_version": self.format_version,
             **({"float_dims": self.float_dims} if self.float_dims else {}),
         }
+
+
+def _name_list(what: str, names) -> list[str] | None:
+    """``names`` (``None``, a str, or an iterable of str) as a list of module names."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{what} must hold non-empty module names, got {name!r}")
+    return names
 
 
 def _checked_float_dims(float_dims) -> dict[str, list[int]] | None:

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, Int8Config
+from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, PAPER_ACTIVATION, Int8Config
 from ..nn import Int8Linear
 from ..primitives.quantize import INT8_MAX
-from .checkpoint import CheckpointError, CheckpointShards
+from .checkpoint import CheckpointError, CheckpointShards, check_config_json
 from .convert import quantize_model
 from .hf_quantizer import QUANT_METHOD, LLMInt8Config, LLMInt8HfQuantizer
 from .loading import resolve_model_source
@@ -299,7 +299,8 @@ def from_pretrained(
 
     ``threshold``: outlier threshold α; ``None`` uses the checkpoint's saved value, else 6.0.
     ``activation``: ``"absmax"`` or ``"zeropoint"`` (``Int8Config.activation``); ``None`` uses the
-    checkpoint's saved value, else ``"absmax"``.
+    saved value of an llm_int8 checkpoint, ``"absmax"`` for a bitsandbytes 8-bit checkpoint (the
+    numerics bitsandbytes runs it with), and the library default ``"zeropoint"`` for a float one.
     ``skip_modules``: extra layer names (or suffixes) kept in float, *added* to the automatic ones
     (``lm_head``, tied output embeddings). ``dtype``: compute dtype of the float parts; default is
     the checkpoint's (a bf16 checkpoint stays bf16). ``device_map`` / ``max_memory``: as in
@@ -323,9 +324,12 @@ def from_pretrained(
             model, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation, float_dims
         )
 
+    check_config_json(folder)
     config = AutoConfig.from_pretrained(folder, **kwargs)
     saved_q = getattr(config, "quantization_config", None)
     if saved_q is not None and not isinstance(saved_q, dict):
+        if not hasattr(saved_q, "to_dict"):
+            raise CheckpointError(f"{Path(folder) / 'config.json'}: quantization_config is {saved_q!r}, not a mapping")
         saved_q = saved_q.to_dict()
     shards = CheckpointShards(folder)
     headers = shards.read_headers()
@@ -341,7 +345,10 @@ def from_pretrained(
 
     # which linear layers become int8, and from what
     if saved_q and saved_q.get("quant_method") == QUANT_METHOD:
-        saved = LLMInt8Config.from_dict(saved_q)
+        try:
+            saved = LLMInt8Config.from_dict(saved_q)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{Path(folder) / 'config.json'}: quantization_config: {err}") from err
         logger.info("%s is already int8 (llm_int8 format %d): loading it as is", folder, saved.format_version)
         if skip_modules:
             logger.warning("skip_modules=%s ignored: %s is already int8", list(skip_modules), folder)
@@ -363,6 +370,8 @@ def from_pretrained(
         auto_skip = automatic_skip_modules(hf_model) + list(saved_q.get("llm_int8_skip_modules") or [])
         if threshold is None:
             threshold = float(saved_q.get("llm_int8_threshold", DEFAULT_THRESHOLD))
+        if activation is None:  # run a bitsandbytes checkpoint as bitsandbytes runs it
+            activation = PAPER_ACTIVATION
         user_skip = list(skip_modules or [])
     elif saved_q:
         raise CheckpointError(

@@ -16,9 +16,12 @@ path (``rename`` within one filesystem is atomic on POSIX).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -37,13 +40,63 @@ __all__ = ["atomic_directory", "save_bitsandbytes", "save_pretrained"]
 logger = logging.getLogger(__name__)
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap two existing paths in one step
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the directories ``a`` and ``b`` atomically with Linux's ``renameat2(RENAME_EXCHANGE)``.
+
+    Returns ``False`` where the call does not exist (other systems, old kernels or C libraries, file
+    systems without it); raises ``OSError`` if it exists and fails.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _replace_directory(new: Path, path: Path) -> None:
+    """Make the complete folder ``new`` be ``path``, which exists; at every instant ``path`` holds the old or the new.
+
+    One atomic exchange where the system has it. Elsewhere two renames (old aside, new in) with a
+    window between them: an exception there (a failed rename, Ctrl-C) puts the old folder back
+    before it propagates; only a hard kill inside that window can leave the old folder aside (as
+    ``.<name>.old-*``, next to ``path``).
+    """
+    if _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)  # now holds the old checkpoint
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    old = aside / path.name
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False):
     """Yield a temporary directory next to ``path``; on success it becomes ``path`` by ``rename``.
 
     An existing non-empty ``path`` is an error unless ``overwrite=True``, in which case it is
-    replaced only once the new folder is complete. On any exception the temporary folder is removed
-    and ``path`` is left as it was.
+    replaced only once the new folder is complete, by an atomic exchange (``_replace_directory``):
+    a crash at any point leaves either the old or the new folder at ``path``, never none. On any
+    exception the temporary folder is removed and ``path`` is left as it was.
     """
     path = Path(path).expanduser().resolve()
     if path.exists() and not path.is_dir():
@@ -55,10 +108,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False):
     try:
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _replace_directory(tmp, path)
         else:
             os.replace(tmp, path)
     except BaseException:

@@ -44,6 +44,15 @@ class Int8Linear(nn.Module):
     ``weight_scale`` stays float32 under ``module.to(dtype)`` / ``.half()``: the scales are part of
     the int8 format, and rounding them to 8 mantissa bits (bf16) would cost more accuracy than the
     int8 codes themselves.
+
+    Derived state (on CPU the backend's packed copy of ``weight_int8``, and its row sums) is cached
+    and rebuilt whenever it may be stale: when ``weight_int8`` is replaced, written in place (its
+    version counter), loaded (``load_state_dict``, in any grad mode), moved (``.to``, ``to_empty``),
+    or read as ``module.weight_int8`` from outside, since that is how one reaches the tensor to
+    write it through ``.data``, ``.numpy()`` or in inference mode, routes PyTorch's version counter
+    does not see. The one write the module cannot see is through such a route on a reference taken
+    *before* the last forward call (``w = L.weight_int8; L(x); w.numpy()[:] = 0``): after one,
+    read ``L.weight_int8`` again or call ``L.weight_changed()``.
     """
 
     def __init__(
@@ -61,8 +70,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
-        if not threshold >= 0:  # also rejects NaN
-            raise ValueError(f"threshold must be >= 0 (0 disables decomposition), got {threshold}")
+        if not 0 <= threshold < float("inf"):  # also rejects NaN; as Int8Config: a huge α is a finite number
+            raise ValueError(f"threshold must be a finite number >= 0 (0 disables decomposition), got {threshold}")
         if activation not in ACTIVATION_QUANTIZERS:
             raise ValueError(f"activation must be one of {ACTIVATION_QUANTIZERS}, got {activation!r}")
         self.in_features = in_features
@@ -136,12 +145,31 @@ class Int8Linear(nn.Module):
                 module.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         return module
 
+    def __getattr__(self, name: str):
+        if name == "weight_int8":
+            # the caller may write through what it gets (.data, .numpy(), an inference tensor) where
+            # the version counter cannot see it: rebuild the derived copies before their next use
+            self.__dict__["_weight_exposed"] = True
+        return super().__getattr__(name)
+
+    def weight_changed(self) -> None:
+        """Drop the cached packed weight and row sums; they are rebuilt from ``weight_int8`` on the next call.
+
+        Needed only after writing the weight through ``.data`` / NumPy / DLPack or into an inference
+        tensor, using a reference taken before the last forward call (see the class docstring).
+        """
+        self.__dict__["_weight_exposed"] = False
+        self._packed_weight.clear()
+        self._row_sums.clear()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.__dict__.get("_weight_exposed"):
+            self.weight_changed()
         # the caches themselves: int8_linear builds the packed layout (a second copy of the weight on
         # CPU) and the row sums only if the int8 x int8 path runs, never for a layer that only decodes
         return int8_linear(
             x,
-            self.weight_int8,
+            self._buffers["weight_int8"],
             self.weight_scale,
             self.bias,
             self.threshold,
@@ -159,14 +187,14 @@ class Int8Linear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the layer multiplies by: ``weight_int8 * weight_scale``, with the
         ``float_dims`` columns taken from ``float_weight`` (a new tensor)."""
-        W = self.weight_int8.float() * self.weight_scale[:, None]
+        W = self._buffers["weight_int8"].float() * self.weight_scale[:, None]
         if self.float_dims is not None:
             W[:, self.float_dims] = self.float_weight.float()
         return W.to(dtype)
 
     def memory_bytes(self) -> int:
         """Bytes held by this layer: int8 weight, scales, float columns and bias."""
-        tensors = (self.weight_int8, self.weight_scale, self.float_dims, self.float_weight, self.bias)
+        tensors = (self._buffers["weight_int8"], self.weight_scale, self.float_dims, self.float_weight, self.bias)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
@@ -175,7 +203,10 @@ class Int8Linear(nn.Module):
         if (dims is None) != (weight is None):
             errors.append(f"{prefix}: {dims_key} and {weight_key} come together; the state holds only one of them")
             return
-        device = self.weight_int8.device
+        if not _check_loaded_dtypes(state_dict, prefix, errors):
+            return  # nothing of this layer is loaded (load_state_dict raises with the errors)
+        self.weight_changed()  # whatever the grad mode: an inference-mode load bumps no version counter
+        device = self._buffers["weight_int8"].device
         if dims is None or not dims.numel():  # a layer without float columns: no such buffers
             self.float_dims = self.float_weight = None
         else:  # take the stored |S|: the buffers are resized before the copy
@@ -192,10 +223,12 @@ class Int8Linear(nn.Module):
     def _apply(self, fn, recurse=True):
         scale = self.weight_scale
         super()._apply(fn, recurse)
-        # keep the scales float32 (see the class docstring); follow the device the buffers moved to
-        self.weight_scale = scale.to(device=self.weight_int8.device, dtype=torch.float32)
-        self._packed_weight.clear()  # free the old layout now, not at the next forward
-        self._row_sums.clear()
+        moved = self.weight_scale
+        if moved.dtype != torch.float32:
+            # keep the scales float32 (see the class docstring): from the unrounded values where there
+            # are any (not on meta: to_empty from meta has none, and must not copy out of meta)
+            self.weight_scale = (moved if scale.is_meta else scale).to(device=moved.device, dtype=torch.float32)
+        self.weight_changed()  # free the old layout now, not at the next forward
         return self
 
     def extra_repr(self) -> str:
@@ -205,9 +238,28 @@ class Int8Linear(nn.Module):
         )
 
 
+def _check_loaded_dtypes(state_dict, prefix: str, errors: list[str]) -> bool:
+    """A state whose tensors have the wrong kind of dtype is an error, never a silent cast
+    (``copy_`` of a float ``weight_int8`` into the int8 buffer would truncate every code to 0)."""
+    expected = {
+        "weight_int8": (lambda t: t.dtype == torch.int8, "int8"),
+        "weight_scale": (torch.Tensor.is_floating_point, "a float dtype"),
+        "bias": (torch.Tensor.is_floating_point, "a float dtype"),
+        "float_weight": (torch.Tensor.is_floating_point, "a float dtype"),
+        "float_dims": (lambda t: not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool, "integer"),
+    }
+    found = [
+        f"{prefix}{leaf}: expected {what}, got {value.dtype} (refusing to cast it)"
+        for leaf, (ok, what) in expected.items()
+        if isinstance(value := state_dict.get(prefix + leaf), torch.Tensor) and not ok(value)
+    ]
+    errors.extend(found)
+    return not found
+
+
 def _check_float_dims(dims: Sequence[int] | torch.Tensor | None, in_features: int, device) -> torch.Tensor:
     """``dims`` as a sorted int64 tensor of distinct input dims in ``[0, in_features)``."""
-    if dims is None:
+    if dims is None or (not isinstance(dims, torch.Tensor) and len(dims) == 0):
         return torch.zeros(0, dtype=torch.int64, device=device)
     t = torch.as_tensor(dims) if not isinstance(dims, torch.Tensor) else dims
     if t.is_meta:

@@ -114,14 +114,15 @@ def _quantize_activations(
     """
     X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold, static_idx)
     absmax = torch.maximum(row_max, row_min.neg())  # (M,)
-    # 127 / absmax; an all-zero row gets codes 0 and s_x 0 (rowwise_quantize gets the same codes
-    # from 0 * inf = NaN cast to int8, which is 0 on CPU, but explicitly is better)
+    # 127 / absmax; an all-zero row gets codes 0 and s_x 0
     inv_step = torch.where(absmax > 0, INT8_MAX / absmax, 0.0)  # (M,)
-    X_codes = (X_regular * inv_step[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)  # half to even
-    if torch.isinf(inv_step).any():
-        # absmax < 127 / float32 max: nonzero entries became +-inf -> +-127 (as in rowwise_quantize),
-        # zeros 0 * inf = NaN, which must be code 0 before any kernel reads it
-        X_codes.nan_to_num_(nan=0.0)
+    X_scaled = X_regular * inv_step[:, None]
+    tiny = torch.isinf(inv_step)
+    if tiny.any():
+        # absmax < 127 / float32 max (3.7e-37): divide instead, as rowwise_quantize does, so such rows
+        # keep 8-bit codes rather than their signs
+        X_scaled = torch.where(tiny[:, None], X_regular / absmax[:, None] * INT8_MAX, X_scaled)
+    X_codes = X_scaled.round_().clamp_(-INT8_MAX, INT8_MAX)  # half to even
     return X_codes, absmax / INT8_MAX, outlier_idx
 
 
@@ -165,7 +166,9 @@ def _forward_2d(
     else:
         X_codes, s_x, outlier_idx = _quantize_activations(X, threshold, static_idx)  # (M, K), (M,), (|O|,)
         C = int8_mm_float(X_codes, W_i8, packed=packed)  # (M, N) float32(C_i32)
-    C.mul_(s_x[:, None]).mul_(s_w.float()[None, :])  # (s_x ⊗ s_w) · C_i32
+    # (s_x ⊗ s_w) · C_i32, s_w first: C_i32 s_w is of the order of the output over s_x, so a row with
+    # |x| near float32's maximum (s_x ~ 1e34) overflows only where the output itself does
+    C.mul_(s_w.float()[None, :]).mul_(s_x[:, None])
     if outlier_idx.numel():
         X_O = X.index_select(1, outlier_idx).float()  # (M, |O|)
         # gather: 1.5-3x faster than index_select on dim 1 for a (N, K) int8 weight (torch 2.13 CPU)

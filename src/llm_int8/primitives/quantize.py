@@ -34,15 +34,17 @@ def _round_to_int8(A_scaled: torch.Tensor) -> torch.Tensor:
 
 
 def _absmax_scaled(A: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
-    """``A * (127 / absmax)`` with all-zero slices mapped to 0 rather than ``0 * inf = NaN``.
+    """``A * (127 / absmax)``, all-zero slices mapped to 0.
 
-    A denormal absmax makes ``127 / absmax`` overflow to inf: its non-zero entries then go to
-    +-inf (clamped to +-127 later) and its zeros to NaN, which are set back to 0 here.
+    An absmax below ``127 / float32 max`` (about 3.7e-37) makes ``127 / absmax`` overflow to inf:
+    those slices are scaled as ``A / absmax * 127`` instead (a division, slower, and rare), so
+    tiny activations keep their 8 bits rather than collapsing to their signs.
     """
     inv_step = torch.where(absmax > 0, INT8_MAX / absmax, 0.0)
     A_scaled = A * inv_step
-    if torch.isinf(inv_step).any():
-        A_scaled.nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+    tiny = torch.isinf(inv_step)
+    if tiny.any():
+        A_scaled = torch.where(tiny, A / absmax * INT8_MAX, A_scaled)
     return A_scaled
 
 

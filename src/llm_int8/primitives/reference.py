@@ -1,8 +1,11 @@
 """Plain, float64-exact references for the int8 matmuls: the test oracle and the fallback.
 
 Integer products are computed in float64: every partial sum of int8 x int8 products is an
-integer of magnitude at most ``K * 127**2``, exactly representable while below 2**53, i.e. for
-any ``K`` below 5.5e11. So these references equal an int32/int64 GEMM bit for bit.
+integer of magnitude at most ``K * 128**2``, exactly representable while below 2**53, i.e. for
+any ``K`` below 5.5e11. So these references equal an int64 GEMM bit for bit. ``int8_matmul_reference``
+returns int32 (the type of the integer GEMMs it stands in for) while every sum fits, i.e. for
+``K <= 2**31 // 128**2 = 131,071`` or whenever the actual sums do, and int64 beyond: a sum of more
+than 2**31 is never cast to int32 (it would wrap to a wrong number).
 """
 
 from __future__ import annotations
@@ -18,16 +21,27 @@ ACTIVATION_QUANTIZERS = ("absmax", "zeropoint")
 """How ``X`` is quantized per token: symmetric absmax (the paper's LLM.int8()) or asymmetric zeropoint."""
 
 
-def int8_matmul_reference(A_i8: torch.Tensor, B_i8: torch.Tensor) -> torch.Tensor:
-    """``C_i32 = A_i8 @ B_i8^T`` with exact integer accumulation.
+_INT32_MAX = 2**31 - 1
+_EXACT_IN_FLOAT64 = 2**53
 
-    ``A_i8``: (M, K) int8, ``B_i8``: (N, K) int8 (weight layout, out x in). Returns (M, N) int32.
+
+def int8_matmul_reference(A_i8: torch.Tensor, B_i8: torch.Tensor) -> torch.Tensor:
+    """``C = A_i8 @ B_i8^T`` with exact integer accumulation.
+
+    ``A_i8``: (M, K) int8, ``B_i8``: (N, K) int8 (weight layout, out x in). Returns (M, N) int32
+    when every entry fits in int32 (always for ``K <= 131,071``), else int64: never a wrapped value.
     """
     if A_i8.dtype != torch.int8 or B_i8.dtype != torch.int8:
         raise TypeError(f"int8 operands required, got {A_i8.dtype} and {B_i8.dtype}")
     if A_i8.shape[-1] != B_i8.shape[-1]:
         raise ValueError(f"inner dimensions differ: A {tuple(A_i8.shape)}, B {tuple(B_i8.shape)}")
-    return (A_i8.double() @ B_i8.double().T).to(torch.int32)
+    K = A_i8.shape[-1]
+    if K * 128**2 >= _EXACT_IN_FLOAT64:  # 5.5e11 input features: no float64 sum is exact any more
+        raise ValueError(f"inner dimension {K} is too large for an exact float64 accumulation (limit 2**53 / 128**2)")
+    C = A_i8.double() @ B_i8.double().T  # (M, N), exact integers
+    if K * 128**2 <= _INT32_MAX or C.numel() == 0 or C.abs().max() <= _INT32_MAX:
+        return C.to(torch.int32)
+    return C.to(torch.int64)
 
 
 def int8_linear_reference(
