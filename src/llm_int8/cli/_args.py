@@ -47,7 +47,7 @@ def threshold(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (value >= 0 and math.isfinite(value)):  # as Int8Config: NaN and inf are refused
-        raise argparse.ArgumentTypeError(f"threshold must be a finite number >= 0 (0 disables decomposition), got {text}")
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 disables decomposition), got {text}")
     return value
 
 

@@ -107,7 +107,9 @@ def register(sub) -> None:
         "--model", help="local HF directory, .gguf file or hub id (default: bundled SmolLM2-135M-Instruct)"
     )
     add_int8_options(demo)
-    demo.add_argument("--prompt", action="append", type=nonempty_text, help="a prompt (repeatable; default: three built-in prompts)")
+    demo.add_argument(
+        "--prompt", action="append", type=nonempty_text, help="a prompt (repeatable; default: three built-in prompts)"
+    )
     demo.add_argument("--max-new-tokens", type=positive_int, default=32)
     demo.add_argument("--text", help="text file for a perplexity comparison (e.g. ../shared/data/wikitext-2/test.txt)")
     demo.add_argument("--max-tokens", type=positive_int, default=8192, help="tokens of --text to score")

@@ -124,7 +124,9 @@ def register(sub) -> None:
         default=0,
         help="start after the first S HellaSwag tasks (to split a long run into disjoint ranges)",
     )
-    p.add_argument("--json", required=True, type=output_file, help="where to write the results (JSON; written only on success)")
+    p.add_argument(
+        "--json", required=True, type=output_file, help="where to write the results (JSON; written only on success)"
+    )
     p.add_argument("--markdown", type=output_file, help="also write the table as Markdown")
     p.add_argument("--plot", type=output_file, help="also write a bar chart (PNG)")
     p.set_defaults(func=_cmd_eval)

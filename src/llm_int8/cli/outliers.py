@@ -47,7 +47,9 @@ def _cmd_outliers(args) -> int:
     if args.window is None:  # the default window, shortened to what the text holds
         args.window = min(_DEFAULT_WINDOW, ids.numel())
         if args.window < _DEFAULT_WINDOW:
-            print(f"window shortened from {_DEFAULT_WINDOW} to {args.window} tokens: the text (or --max-tokens) has no more")
+            print(
+                f"window shortened from {_DEFAULT_WINDOW} to {args.window} tokens: the text (--max-tokens) has no more"
+            )
     if ids.numel() < args.window:
         raise ValueError(f"{args.text}: {ids.numel()} tokens, fewer than one window of {args.window}")
     sites = find_sites(model, args.modules)
@@ -157,8 +159,12 @@ def register(sub) -> None:
         help="tokens (from the start of --text) for the ablation; 0 skips it (default 4096)",
     )
     p.add_argument("--ablation-window", type=positive_int, default=512, help="ablation window (default 512)")
-    p.add_argument("--random-draws", type=nonnegative_int, default=3, help="random-dim draws for the ablation (default 3)")
+    p.add_argument(
+        "--random-draws", type=nonnegative_int, default=3, help="random-dim draws for the ablation (default 3)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random-dim draws")
-    p.add_argument("--json", required=True, type=output_file, help="where to write the results (JSON; written only on success)")
+    p.add_argument(
+        "--json", required=True, type=output_file, help="where to write the results (JSON; written only on success)"
+    )
     p.add_argument("--plot", type=output_file, help="also write the magnitude plots (PNG)")
     p.set_defaults(func=_cmd_outliers)

@@ -293,14 +293,14 @@ def _read_index(index_path: Path) -> dict[str, str]:
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{index_path}: corrupt index ({err.__class__.__name__}: {err})") from err
     if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{index_path}: corrupt index: weight_map is a {type(weight_map).__name__}, not a mapping")
+        raise CheckpointError(f"{index_path}: corrupt index: weight_map is a {type(weight_map).__name__}, not a dict")
     for name, file in weight_map.items():
         if not isinstance(file, str) or not file:
             raise CheckpointError(f"{index_path}: tensor {name!r} is mapped to {file!r}, not a file name")
         parts = PurePosixPath(file.replace("\\", "/")).parts
         if parts[0] == "/" or Path(file).is_absolute() or ".." in parts:
             raise CheckpointError(
-                f"{index_path}: tensor {name!r} is mapped to {file!r}, outside the checkpoint folder; refusing to read it"
+                f"{index_path}: tensor {name!r} is mapped to {file!r}, outside the checkpoint folder: refused"
             )
     return weight_map
 
