@@ -45,7 +45,12 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # argparse before Python 3.12 takes "--opt=--" as an empty list, without calling the option's type
+    empty = [name for name, value in vars(args).items() if isinstance(value, list) and not value]
+    if empty:
+        parser.error(f"argument --{empty[0].replace('_', '-')}: expected a value")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -331,9 +331,10 @@ class CheckpointShards:
             )
         missing = [f for f in self.files if not f.is_file()]
         if missing:
+            tensor = next(k for k, f in self.index.items() if self.folder / f == missing[0])
             raise CheckpointError(
-                f"checkpoint shard {missing[0]} is missing (listed in {self.index_path.name}"
-                f"{f', with {len(missing) - 1} more' if len(missing) > 1 else ''})"
+                f"checkpoint shard {missing[0]} is missing (listed in {self.index_path.name} for tensor {tensor!r}"
+                f"{f' and others; {len(missing) - 1} more shards are missing' if len(missing) > 1 else ''})"
             )
 
     @property

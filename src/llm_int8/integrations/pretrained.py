@@ -505,9 +505,10 @@ def from_pretrained(
     ignore = [re.compile(p) for p in (getattr(hf_model, "_keys_to_ignore_on_load_unexpected", None) or [])]
     unexpected = [k for k in unexpected if not any(p.search(k) for p in ignore)]
     if unexpected:
+        files = sorted({str(headers[k].path) for k in unexpected if k in headers}) or [str(folder)]
         raise CheckpointError(
-            f"{folder}: {len(unexpected)} checkpoint tensors match nothing in the model ({type(config).__name__}): "
-            f"{unexpected[:10]}"
+            f"{', '.join(files[:3])}: {len(unexpected)} checkpoint tensors match nothing in the model "
+            f"({type(config).__name__}): {unexpected[:10]}"
         )
     tied = dict(getattr(hf_model, "all_tied_weights_keys", None) or {})
     tied_names = set(tied) | set(tied.values())
