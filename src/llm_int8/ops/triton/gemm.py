@@ -59,18 +59,15 @@ def gemm_configs() -> list[triton.Config]:
         return [_config(32, 32, 64, 1, 1)]
     return [
         _config(128, 256, 128, 3, 8),  # Hopper, large M
-        _config(256, 128, 128, 3, 8),  # Hopper, large M
         _config(128, 128, 128, 4, 8),  # Hopper / Ampere
         _config(128, 128, 64, 4, 4),  # Ampere
-        _config(64, 128, 128, 4, 4),  # Ampere, medium M
-        _config(64, 64, 128, 4, 4),
+        _config(64, 128, 128, 4, 4),  # medium M
         _config(32, 128, 128, 4, 4),  # short prompts
-        _config(16, 128, 256, 3, 4),  # M <= 16
-        _config(16, 64, 256, 4, 4),  # M <= 16, N small: more programs
+        _config(16, 64, 256, 4, 4),  # M <= 16: more programs along N
     ]
 
 
-@triton.autotune(configs=gemm_configs(), key=["M_BUCKET", "N", "K"])
+@triton.autotune(configs=gemm_configs(), key=["M_BUCKET", "N", "K", "EPILOGUE"])
 @triton.jit
 def _int8_gemm_kernel(
     A_ptr,
