@@ -426,6 +426,32 @@ def model_markdown(rows: list[dict], args) -> str:
     return markdown_table(header, body)
 
 
+def targets_markdown(layer_rows: list[dict], model_rows: list[dict]) -> str:
+    """Issue 12's targets, read off this run's ratios (time of the peer / time of llm_int8)."""
+    lines = []
+
+    def check(label, ratio, goal):
+        verdict = "-" if ratio is None else ("met" if ratio >= goal else "MISSED")
+        shown = "-" if ratio is None else f"{ratio:.2f}x"
+        lines.append(f"| {label} | {shown} | >= {goal}x | {verdict} |")
+
+    for r in layer_rows:
+        auto = r.get("int8[auto]_ms")
+        if r["M"] == max(x["M"] for x in layer_rows) and r.get("fp16_ms"):
+            check(f"fp16 / int8[auto], hidden {r['hidden']}, M {r['M']}", r["fp16_ms"] / auto,
+                  1.0 if r["hidden"] < 8192 else 1.5)  # fmt: skip
+        if r.get("bnb_ms"):
+            check(f"bnb / int8[auto], hidden {r['hidden']}, M {r['M']}", r["bnb_ms"] / auto, 1.5)
+        if r["M"] <= 16:
+            best = min(r[k] for k in ("int8[auto]_ms", "int8[decode]_ms") if k in r)
+            check(f"fp16 / best int8 (auto, decode), hidden {r['hidden']}, M {r['M']}", r["fp16_ms"] / best, 1.0)
+    if model_rows:
+        fp16 = model_rows[0]["decode_ms_per_token"]
+        best = min(r["decode_ms_per_token"] for r in model_rows if r["variant"].startswith("int8"))
+        check("Llama decode: fp16 / best int8 variant", fp16 / best, 1.0)
+    return "\n".join(["| target | measured | goal | |", "|---|---|---|---|", *lines])
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.dry_run:
@@ -460,6 +486,7 @@ def main(argv=None) -> int:
           layer_markdown(layer_rows)]  # fmt: skip
     if model_rows:
         md += ["", f"## {env['model']}", "", model_markdown(model_rows, args)]
+    md += ["", "## Targets of issue 12 (ratios > 1: llm_int8 faster)", "", targets_markdown(layer_rows, model_rows)]
     write_text(args.out / "gpu_check.md", "\n".join(md) + "\n")
     print("\n".join(md[-3:]))
     print(f"wrote {args.out / 'gpu_check.md'} and gpu_check.json in {env['seconds']['total']} s")

@@ -338,3 +338,12 @@ def test_cuda_entry_matches_cpu_path(choice_env, monkeypatch, backend):
         )  # fmt: skip
     assert torch.equal(got.isnan(), want.isnan())
     torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=2e-3, atol=2e-3)
+
+
+def test_empty_batch():
+    X = torch.zeros(0, 12, device=DEVICE, dtype=torch.float16)
+    q = quantize_activations(X, 6.0, "zeropoint")
+    assert q.X_i8.shape == (0, 12) and q.s_x.shape == (0,) and q.outlier_idx.numel() == 0
+    W = torch.ones(5, 12, dtype=torch.int8, device=DEVICE)
+    assert int8_gemm(q.X_i8, W).shape == (0, 5)
+    assert decode_linear(X, W, torch.ones(5, device=DEVICE)).shape == (0, 5)

@@ -101,6 +101,8 @@ def decode_linear(
     X = X.contiguous()
     W_i8 = W_i8.contiguous()
     Y = torch.empty(M, N, dtype=X.dtype, device=X.device)
+    if Y.numel() == 0:
+        return Y
     _decode_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
         X, W_i8, s_w.float().contiguous(), Y if bias is None else bias.contiguous(), Y,
         M, N, K, X.stride(0), W_i8.stride(0), Y.stride(0),

@@ -201,6 +201,11 @@ def quantize_activations(
     X = X.contiguous()
     M, K = X.shape
     device = X.device
+    if M == 0 or K == 0:  # nothing to launch: no column has a value, so O is empty
+        zp = torch.zeros(M, device=device) if activation == "zeropoint" else None
+        empty_idx = torch.zeros(0, dtype=torch.int64, device=device)
+        return QuantizedActivations(torch.zeros(M, K, dtype=torch.int8, device=device), torch.zeros(M, device=device),
+                                    zp, empty_idx, X.new_zeros(M, 0))  # fmt: skip
     outlier = torch.empty(K, dtype=torch.int8, device=device)
     is_float = torch.empty(K, dtype=torch.int8, device=device)
     has_static = static_idx is not None and static_idx.numel() > 0
@@ -220,7 +225,9 @@ def quantize_activations(
     zp_x = torch.empty(M, dtype=torch.float32, device=device) if zeropoint else None
     X_O = torch.empty(M, n_O, dtype=X.dtype, device=device)
     _row_quantize_kernel[(M,)](
-        X, is_float, outlier_idx, codes, s_x, s_x if zp_x is None else zp_x, X_O, K, n_O,
+        # an empty tensor has no storage to point at: unused pointers get a live buffer instead
+        X, is_float, outlier_idx if n_O else outlier, codes, s_x, s_x if zp_x is None else zp_x,
+        X_O if n_O else X, K, n_O,
         X.stride(0), codes.stride(0), max(n_O, 1),
         ZEROPOINT=zeropoint, BLOCK_K=min(_ROW_BLOCK_K, triton.next_power_of_2(K)), BLOCK_O=_BLOCK_O,
         enable_fp_fusion=False,
