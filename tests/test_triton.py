@@ -249,9 +249,9 @@ def _dispatch_case(activation="zeropoint", weight_only_max_tokens=0, M=6, dtype=
     b = b.to(dtype)
     calls = []
 
-    def cublaslt():
+    def cublaslt():  # the PyTorch forward, on the CPU so that it cannot re-enter the CUDA dispatch
         calls.append("cublaslt")
-        return int8_linear(X.float(), W_i8, s_w, None, 6.0, activation=activation).float()
+        return int8_linear(X.float().cpu(), W_i8.cpu(), s_w.cpu(), None, 6.0, activation=activation).to(DEVICE)
 
     def run():
         return cuda.int8_linear_cuda(X, W_i8, s_w, b, 6.0, activation, None, None, weight_only_max_tokens, cublaslt)

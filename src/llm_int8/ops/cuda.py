@@ -64,8 +64,10 @@ def int8_linear_cuda(
     integer GEMM is ``int_mm_padded`` on CUDA tensors. Triton runs where ``ops.triton.available``
     says so (CUDA sm_80+, or CPU tensors under ``TRITON_INTERPRET=1``, which the tests use).
     """
-    M = X.shape[0]
-    has_triton = triton_kernels.available(X.device)
+    M, K = X.shape
+    N = W_i8.shape[0]
+    # the kernels index with int32 offsets: every operand must have fewer than 2**31 elements
+    has_triton = triton_kernels.available(X.device) and max(M * K, N * K, M * N) < 2**31
     if has_triton and X.dtype in (torch.float16, torch.bfloat16) and M <= weight_only_max_tokens:
         from .triton.decode import MAX_TOKENS, decode_linear
 
@@ -87,5 +89,5 @@ def int8_linear_cuda(
         candidates[cuda_choice.TRITON] = lambda: int8_linear_triton(
             X, W_i8, s_w, bias, threshold, activation, row_sums, float_columns
         )
-    bucket = cuda_choice.bucket_key(M, W_i8.shape[0], X.shape[1], activation, X.dtype)
+    bucket = cuda_choice.bucket_key(M, N, K, activation, X.dtype)
     return candidates[cuda_choice.choose(bucket, candidates, X.device)]()

@@ -3,11 +3,11 @@
 Per output tile, after the int8 x int8 -> int32 ``tl.dot`` loop over K:
 
 * zeropoint: ``C_i32 - zp_x ⊗ r_w`` in int32 (exact: ``|zp_x r_w| <= 127 * 127 K`` fits for K < 133k);
-* ``(s_x ⊗ s_w) · C``, multiplied in that order as in ``ops/int8_linear.py``;
-* (c) the outlier product ``X[:, O] W_i8[:, O]^T ⊙ s_w``: a second ``tl.dot`` over the gathered
-  ``X[:, O]`` (in X's dtype, fp16/bf16; ``float32`` with IEEE products) and the int8 weight columns of
-  ``O`` read where they lie and converted to that dtype, which holds every int8 code exactly;
-  accumulation in float32;
+* ``(s_x ⊗ s_w) · C`` plus (c) the outlier product ``X[:, O] W_i8[:, O]^T ⊙ s_w``, as
+  ``(s_x C + X[:, O] W_i8[:, O]^T) ⊙ s_w``: a second ``tl.dot`` over the gathered ``X[:, O]`` (in X's
+  dtype, fp16/bf16; ``float32`` with IEEE products) and the int8 weight columns of ``O`` read where
+  they lie and converted to that dtype (which holds every int8 code exactly), accumulated in float32
+  into the scaled tile itself;
 * an optional float32 addend (the ``float_columns`` product), the bias, the cast to the output dtype.
 
 ``EPILOGUE=False`` stores the raw int32 accumulator: the tests compare it with the integer reference.
@@ -50,17 +50,19 @@ def _config(bm, bn, bk, stages, warps, group=8):
 def gemm_configs() -> list[triton.Config]:
     """Candidate tiles. Under the interpreter one small tile (tests stay fast; ``tl.dot`` needs >= 16).
 
-    Hopper (H100/H200, 228 KB shared memory per SM): 128 x 256 x 128 int8 tiles in 3-4 stages keep the
-    tensor cores fed; Ampere (A100, 164 KB): 128 x 128 x 128 in 3-4 stages. Small-M tiles serve decode
+    Hopper (H100/H200, 228 KB shared memory per SM): 128 x 256 x 128 int8 tiles in 3 stages keep the
+    tensor cores fed; Ampere (A100, 164 KB): 128 x 128 x 128 in 4 stages. Small-M tiles serve decode
     and short prompts. A tile that does not fit a GPU's shared memory fails to compile and the
-    autotuner drops it, so one list serves both generations.
+    autotuner drops it, so one list serves both generations. ``python -m llm_int8.ops.triton.aot``
+    compiled each for sm_80 and sm_90a without a GPU: all fit, none spills on sm_90a (wgmma for
+    BLOCK_M >= 64); 128 x 256 x 128 spills 624 B/thread on sm_80 (the autotuner will see it slow there),
+    and 128 x 128 x 64 with 4 warps, which spilled on sm_80 too, was dropped.
     """
     if interpreting():
         return [_config(32, 32, 64, 1, 1)]
     return [
         _config(128, 256, 128, 3, 8),  # Hopper, large M
         _config(128, 128, 128, 4, 8),  # Hopper / Ampere
-        _config(128, 128, 64, 4, 4),  # Ampere
         _config(64, 128, 128, 4, 4),  # medium M
         _config(32, 128, 128, 4, 4),  # short prompts
         _config(16, 64, 256, 4, 4),  # M <= 16: more programs along N
@@ -112,18 +114,19 @@ def _int8_gemm_kernel(
     pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
     pid_n = (pid % (GROUP_M * num_n)) // size_m
 
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    a_ptrs = A_ptr + offs_m[:, None] * stride_am + offs_k[None, :]  # (BLOCK_M, BLOCK_K) of X_i8
-    b_ptrs = B_ptr + offs_n[None, :] * stride_bn + offs_k[:, None]  # (BLOCK_K, BLOCK_N) of W_i8^T
+    # rows past M / N read row M-1 / N-1 again (wrapped, never stored): the loop needs no 2-D masks
+    a_ptrs = A_ptr + (offs_m % M)[:, None] * stride_am + offs_k[None, :]  # (BLOCK_M, BLOCK_K) of X_i8
+    b_ptrs = B_ptr + (offs_n % N)[None, :] * stride_bn + offs_k[:, None]  # (BLOCK_K, BLOCK_N) of W_i8^T
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = (k0 + offs_k) < K
-        a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0)
-        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0)
+        a = tl.load(a_ptrs, mask=k_ok[None, :], other=0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None], other=0)
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)  # exact: |C| <= 127^2 K < 2^31 for K < 133k
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
@@ -138,10 +141,11 @@ def _int8_gemm_kernel(
             acc = acc - zp[:, None] * r_w[None, :]
         s_x = tl.load(sx_ptr + offs_m, mask=m_ok, other=0.0)
         s_w = tl.load(sw_ptr + offs_n, mask=n_ok, other=0.0)
-        c = acc.to(tl.float32) * s_x[:, None] * s_w[None, :]
+        c = acc.to(tl.float32) * s_x[:, None]  # the int32 tile is dead from here: one float tile stays live
         if HAS_OUTLIERS:
+            # (c) accumulated into the same tile, before s_w: (s_x C + X_O W_i8[:, O]^T) ⊙ s_w. A second
+            # (BLOCK_M, BLOCK_N) accumulator would double the live registers and spill (ptxas, sm_80/90)
             offs_o = tl.arange(0, BLOCK_O)
-            c_o = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for j0 in range(0, n_O, BLOCK_O):
                 j = j0 + offs_o
                 j_ok = j < n_O
@@ -153,10 +157,10 @@ def _int8_gemm_kernel(
                     B_ptr + offs_n[None, :] * stride_bn + idx[:, None], mask=j_ok[:, None] & n_ok[None, :], other=0
                 )
                 if OUTLIER_FP32:  # float32 X (IEEE products, no tf32), or bf16 under the interpreter
-                    c_o = tl.dot(x_o.to(tl.float32), w_o.to(tl.float32), c_o, input_precision="ieee")
+                    c = tl.dot(x_o.to(tl.float32), w_o.to(tl.float32), c, input_precision="ieee")
                 else:
-                    c_o = tl.dot(x_o, w_o.to(x_o.dtype), c_o)  # int8 codes are exact in fp16 / bf16
-            c += c_o * s_w[None, :]
+                    c = tl.dot(x_o, w_o.to(x_o.dtype), c)  # int8 codes are exact in fp16 / bf16
+        c = c * s_w[None, :]
         if HAS_ADDEND:
             c += tl.load(add_ptr + offs_m[:, None] * N + offs_n[None, :], mask=c_ok, other=0.0)
         if HAS_BIAS:
@@ -187,7 +191,7 @@ def int8_gemm(
     addend: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """``X_i8`` (M, K) int8 x ``W_i8`` (N, K) int8 in one launch.
+    """``X_i8`` (M, K) int8 x ``W_i8`` (N, K) int8 in one launch (each operand < 2**31 elements: int32 offsets).
 
     Without ``s_x`` / ``s_w``: the int32 accumulator ``C_i32`` (M, N). With them: ``out_dtype``
     ``(s_x ⊗ s_w) · (C_i32 - zp_x ⊗ r_w) + X_O W_i8[:, O]^T ⊙ s_w + addend + bias``, where ``zp_x`` (M,)

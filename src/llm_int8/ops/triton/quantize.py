@@ -48,7 +48,7 @@ __all__ = ["QuantizedActivations", "quantize_activations", "quantize_activations
 _RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23
 _FLOAT32_MAX = tl.constexpr(torch.finfo(torch.float32).max)
 _Q = tl.constexpr(float(INT8_MAX))
-_COL_BLOCK = (16, 32) if interpreting() else (32, 128)  # (rows, columns) per step of kernel 1
+_COL_BLOCK = (16, 32) if interpreting() else (64, 64)  # (rows, columns) per step of kernel 1; K / 64 programs
 _ROW_BLOCK_K = 64 if interpreting() else 1024  # columns per step of kernel 2
 _BLOCK_O = 16
 
