@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without a GPU the Triton kernels are tested on CPU tensors under Triton's interpreter, which is
+# chosen when triton is first imported (bitsandbytes imports it during collection): so set it here,
+# before any test module is imported. Nothing else in the suite runs Triton code.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LLM_INT8_DATA", REPO.parent / "shared" / "data"))
 

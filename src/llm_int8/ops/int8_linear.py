@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from ..primitives import ACTIVATION_QUANTIZERS, INT8_MAX, zeropoint_params
-from . import weight_only
+from . import cuda, weight_only
 from .int8_mm import int8_mm_float
 from .prepack import PackedWeight, PackedWeightCache
 
@@ -254,6 +254,14 @@ def int8_linear(
         packed_weight = packed_weight.get(weight_int8)
     if isinstance(weight_row_sums, PackedWeightCache):
         weight_row_sums = weight_row_sums.get(weight_int8) if activation == "zeropoint" else None
+    if x.device.type == "cuda" and not needs_grad:  # Triton or cuBLASLt, as measured (ops/cuda.py)
+        out = cuda.int8_linear_cuda(
+            X, weight_int8, weight_scale, bias, threshold, activation, weight_row_sums, float_columns,
+            weight_only_max_tokens,
+            lambda: _forward_2d(X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums,
+                                float_columns),
+        )  # fmt: skip
+        return out.reshape(*lead, N)
     if torch.is_grad_enabled() and x.requires_grad:
         C = _Int8LinearFunction.apply(
             X, weight_int8, weight_scale, threshold, packed_weight, activation, weight_row_sums, float_columns

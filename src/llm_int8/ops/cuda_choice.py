@@ -1,0 +1,173 @@
+"""Which backend runs ``int8_linear`` on a CUDA tensor: chosen by timing once per shape bucket.
+
+Candidates (``ops/cuda.py`` builds them): ``"triton"`` (``ops/triton``: fused quantization and GEMM
+epilogue) and ``"cublaslt"`` (the library's PyTorch quantization with ``torch._int_mm``, padded to
+cuBLASLt's shape rules). Both compute the same function; which is faster depends on the GPU, the
+shape and the versions, so as with ``torch.backends.cudnn.benchmark`` the first call of each bucket
+(token count rounded up to a power of two, N, K, activation mode, dtype) times both on its own
+inputs and remembers the winner: in memory, and in a JSON file in the user's cache directory keyed
+by GPU name, torch, triton and llm_int8 versions, so later processes skip the timing.
+
+Environment:
+
+* ``LLM_INT8_CUDA_BACKEND``: ``triton`` or ``cublaslt`` forces that backend (an error if it cannot
+  run); ``auto`` (default) times.
+* ``LLM_INT8_CUDA_NO_TIMING=1``: never time; Triton where it runs, else cuBLASLt.
+* ``LLM_INT8_CACHE_DIR``: where the file lives (default ``$XDG_CACHE_HOME/llm_int8``, else
+  ``~/.cache/llm_int8``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "CUBLASLT",
+    "ENV_BACKEND",
+    "ENV_CACHE_DIR",
+    "ENV_NO_TIMING",
+    "TRITON",
+    "bucket_key",
+    "cache_path",
+    "choose",
+    "clear_memory_cache",
+]
+
+logger = logging.getLogger(__name__)
+
+TRITON = "triton"
+CUBLASLT = "cublaslt"
+BACKENDS = (TRITON, CUBLASLT)
+ENV_BACKEND = "LLM_INT8_CUDA_BACKEND"
+ENV_NO_TIMING = "LLM_INT8_CUDA_NO_TIMING"
+ENV_CACHE_DIR = "LLM_INT8_CACHE_DIR"
+_CACHE_FILE = "cuda_backend_choice.json"
+_WARMUP = 2  # the first call compiles / autotunes; the second settles clocks and caches
+_REPEATS = 5
+
+_memory: dict[str, dict[str, str]] = {}  # environment key -> bucket -> backend
+
+
+def clear_memory_cache() -> None:
+    _memory.clear()
+
+
+def _bucket_tokens(M: int) -> int:
+    return 1 << max(M - 1, 0).bit_length()  # next power of two
+
+
+def bucket_key(M: int, N: int, K: int, activation: str, dtype: torch.dtype) -> str:
+    return f"M{_bucket_tokens(M)}-N{N}-K{K}-{activation}-{str(dtype).removeprefix('torch.')}"
+
+
+def _environment_key(device: torch.device) -> str:
+    from .. import __version__ as llm_int8_version
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return f"{name} | torch {torch.__version__} | triton {triton_version} | llm_int8 {llm_int8_version}"
+
+
+def cache_path() -> Path:
+    root = os.environ.get(ENV_CACHE_DIR)
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(xdg) / "llm_int8")
+    return Path(root) / _CACHE_FILE
+
+
+def _read_disk() -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_disk(env_key: str, bucket: str, backend: str) -> None:
+    # read-modify-replace: another process may have added buckets since; a lost race costs one timing
+    path = cache_path()
+    try:
+        data = _read_disk()
+        data.setdefault(env_key, {})[bucket] = backend
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only home: keep the choice in memory only
+        logger.debug("could not write %s: %s", path, err)
+
+
+def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Median of ``_REPEATS`` timed calls after ``_WARMUP``, with CUDA events (the work is asynchronous)."""
+    for _ in range(_WARMUP):
+        fn()
+    times = []
+    for _ in range(_REPEATS):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:  # only reached by tests (the interpreter): a host clock is right for synchronous work
+            import time
+
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def choose(bucket: str, candidates: dict[str, Callable[[], object]], device: torch.device) -> str:
+    """The backend for ``bucket`` among ``candidates`` (name -> a call that runs it on this call's inputs).
+
+    A candidate that raises while being timed (a Triton compile failure on an unusual GPU, say) is
+    dropped with a warning.
+    """
+    forced = os.environ.get(ENV_BACKEND, "auto").strip().lower()
+    if forced != "auto":
+        if forced not in BACKENDS:
+            raise ValueError(f"{ENV_BACKEND}={forced!r}: expected one of {BACKENDS} or 'auto'")
+        if forced not in candidates:
+            raise RuntimeError(
+                f"{ENV_BACKEND}={forced!r}, but that backend cannot run here (available: {sorted(candidates)})"
+            )
+        return forced
+    if len(candidates) == 1:
+        return next(iter(candidates))
+    if os.environ.get(ENV_NO_TIMING, "0") not in ("", "0"):
+        return TRITON if TRITON in candidates else next(iter(candidates))
+    env_key = _environment_key(device)
+    known = _memory.get(env_key)
+    if known is None:
+        known = _memory[env_key] = dict(_read_disk().get(env_key, {}))
+    if known.get(bucket) in candidates:
+        return known[bucket]
+    times = {}
+    for name, fn in candidates.items():
+        try:
+            times[name] = _time_ms(fn, device)
+        except Exception as err:  # noqa: BLE001 -- any failure of a candidate means: do not use it
+            logger.warning("int8_linear backend %s failed on %s and is not used: %s", name, bucket, err)
+    if not times:
+        raise RuntimeError(f"no int8_linear backend ran on {bucket}")
+    best = min(times, key=times.get)
+    logger.info("int8_linear %s: %s (%s)", bucket, best, ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()))
+    known[bucket] = best
+    _write_disk(env_key, bucket, best)
+    return best
