@@ -60,7 +60,7 @@ class PackedWeightCache:
     grad and in inference mode. Writes that bypass it -- through ``.data``, a NumPy or DLPack view,
     or into an *inference tensor* (which has no counter) -- cannot be seen here without reading the
     whole weight on every call, which costs as much as the GEMM on small batches (and rebuilding
-    the packed layout costs more: 0.45 s for 4096 x 4096 against 8-70 ms for a 1-16 row GEMM,
+    the packed layout costs more: 0.45 s for 4096 x 4096 against 8-72 ms for a 1-16 row GEMM,
     measured on this repository's 2-core AVX2 machine). ``Int8Linear`` closes those routes at the
     module: it calls ``clear()`` whenever its ``weight_int8`` attribute is read from outside (the
     only way to reach the tensor for such a write) and on every load and device/dtype move.
