@@ -32,10 +32,10 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, Int8Config
 from ..nn import Int8Linear
 from ..primitives import rowwise_quantize
-from .convert import _set_submodule
+from .convert import _is_linear, _set_submodule, dequantize_model
 from .swap import automatic_skip_modules, int8_targets, is_conv1d, swap_linears_on_meta
 
-__all__ = ["FORMAT_VERSION", "QUANT_METHOD", "LLMInt8Config", "LLMInt8HfQuantizer"]
+__all__ = ["BITSANDBYTES_ALIASES", "FORMAT_VERSION", "QUANT_METHOD", "LLMInt8Config", "LLMInt8HfQuantizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,14 @@ class LLMInt8Config(QuantizationConfigMixin):
         format_version: int = FORMAT_VERSION,
         activation: str = DEFAULT_ACTIVATION,
         float_dims: dict[str, list[int]] | None = None,
+        skip_output_layer: bool = True,
+        fp32_cpu_offload: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("quant_method", None)
+        threshold, skip_modules, skip_output_layer, fp32_cpu_offload = _bitsandbytes_aliases(
+            kwargs, threshold, skip_modules, skip_output_layer, fp32_cpu_offload
+        )
         if kwargs:
             raise TypeError(f"LLMInt8Config got unknown arguments {sorted(kwargs)}")
         if skip_modules is not None and not skip_modules:
@@ -93,6 +98,9 @@ class LLMInt8Config(QuantizationConfigMixin):
                 f"this checkpoint uses llm_int8 format version {format_version}, but this llm_int8 reads up to "
                 f"version {FORMAT_VERSION}: upgrade llm-int8"
             )
+        for name, flag in (("skip_output_layer", skip_output_layer), ("fp32_cpu_offload", fp32_cpu_offload)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
         self.quant_method = QUANT_METHOD
         self.threshold = checked.threshold
         self.activation = checked.activation
@@ -100,6 +108,8 @@ class LLMInt8Config(QuantizationConfigMixin):
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
         self.format_version = format_version
         self.float_dims = _checked_float_dims(float_dims)
+        self.skip_output_layer = skip_output_layer
+        self.fp32_cpu_offload = fp32_cpu_offload
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,7 +120,48 @@ class LLMInt8Config(QuantizationConfigMixin):
             "modules_to_not_convert": self.modules_to_not_convert,
             "format_version": self.format_version,
             **({"float_dims": self.float_dims} if self.float_dims else {}),
+            **({"skip_output_layer": False} if not self.skip_output_layer else {}),
+            **({"fp32_cpu_offload": True} if self.fp32_cpu_offload else {}),
         }
+
+
+BITSANDBYTES_ALIASES = {
+    "llm_int8_threshold": "threshold",
+    "llm_int8_skip_modules": "skip_modules (replacing the default lm_head skip: skip_output_layer=False)",
+    "llm_int8_enable_fp32_cpu_offload": "fp32_cpu_offload",
+    "llm_int8_has_fp16_weight": "(False only: Int8Linear keeps no float weight)",
+}
+"""``BitsAndBytesConfig`` option names ``LLMInt8Config`` accepts, and what each becomes."""
+
+
+def _bitsandbytes_aliases(kwargs: dict, threshold, skip_modules, skip_output_layer, fp32_cpu_offload):
+    """Take ``BitsAndBytesConfig``'s 8-bit option names out of ``kwargs``, with bitsandbytes' meaning.
+
+    ``llm_int8_skip_modules`` *replaces* transformers' default skip list (the output layer) in
+    bitsandbytes (``get_modules_to_not_convert`` adds the defaults only without a list), so here it
+    sets ``skip_modules`` and ``skip_output_layer=False``. Giving an option under both names is an error.
+    """
+    kwargs.pop("load_in_8bit", None)  # what BitsAndBytesConfig needs to mean 8-bit; implied here
+
+    def take(alias: str, name: str, value, default):
+        if alias not in kwargs:
+            return value
+        given = kwargs.pop(alias)
+        if value != default:
+            raise TypeError(f"LLMInt8Config got both {name}={value!r} and its bitsandbytes alias {alias}={given!r}")
+        return given
+
+    threshold = take("llm_int8_threshold", "threshold", threshold, DEFAULT_THRESHOLD)
+    if "llm_int8_skip_modules" in kwargs:
+        skip_modules = take("llm_int8_skip_modules", "skip_modules", skip_modules, None)
+        skip_output_layer = False
+    fp32_cpu_offload = take("llm_int8_enable_fp32_cpu_offload", "fp32_cpu_offload", fp32_cpu_offload, False)
+    if kwargs.pop("llm_int8_has_fp16_weight", False):
+        raise ValueError(
+            "llm_int8_has_fp16_weight=True (training the full weight in 16 bits) is not supported: Int8Linear holds "
+            "no float weight. Train adapters on the int8 model with peft (LoRA / DoRA) instead."
+        )
+    return threshold, skip_modules, skip_output_layer, fp32_cpu_offload
 
 
 def _checked_float_dims(float_dims) -> dict[str, list[int]] | None:
@@ -126,6 +177,12 @@ def _checked_float_dims(float_dims) -> dict[str, list[int]] | None:
             raise ValueError(f"float_dims of {name!r} must be non-negative ints, got {dims!r}")
         out[name] = sorted(dims)
     return out
+
+
+def _linears_under(model, prefixes: list[str]) -> list[str]:
+    """Names of the linear layers at or below any of the module names ``prefixes`` (``""`` = all)."""
+    names = [n for n, m in model.named_modules() if _is_linear(m)]
+    return [n for n in names if any(p == "" or n == p or n.startswith(p + ".") for p in prefixes)]
 
 
 def _mark_initialized(model, layers) -> None:
@@ -204,12 +261,15 @@ class LLMInt8HfQuantizer(HfQuantizer):
     def update_dtype(self, dtype: torch.dtype) -> torch.dtype:
         return dtype  # compute in the checkpoint's / user's dtype: a bf16 model stays bf16
 
-    def _process_model_before_weight_loading(self, model, **kwargs):
+    def _process_model_before_weight_loading(self, model, device_map=None, **kwargs):
         cfg = self.quantization_config
         if self.pre_quantized and cfg.modules_to_not_convert is not None:
             skip = list(cfg.modules_to_not_convert)
         else:
-            skip = automatic_skip_modules(model) + list(cfg.skip_modules or ())
+            skip = automatic_skip_modules(model, output_layer=cfg.skip_output_layer) + list(cfg.skip_modules or ())
+            if cfg.fp32_cpu_offload and isinstance(device_map, dict):
+                # bitsandbytes' meaning: what the device map puts on the CPU or the disk stays float
+                skip += _linears_under(model, [k for k, v in device_map.items() if v in ("cpu", "disk")])
         to_int8, kept = int8_targets(model, skip)
         cfg.modules_to_not_convert = kept
         if self.pre_quantized:
@@ -250,7 +310,14 @@ class LLMInt8HfQuantizer(HfQuantizer):
 
     @property
     def is_trainable(self) -> bool:
-        return False  # the int8 weights are frozen; gradients still flow to the inputs (adapters)
+        # adapters (peft LoRA / DoRA) train on top; the int8 weights are buffers, never trained, and
+        # gradients flow through them to the inputs (Int8Linear's backward, llm_int8.ops)
+        return True
+
+    def _dequantize(self, model, dtype=None):
+        dequantize_model(model, dtype)
+        model.is_loaded_in_8bit = False
+        return model
 
 
 def _register() -> None:
