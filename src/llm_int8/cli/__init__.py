@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from .. import __version__
+
 __all__ = ["build_parser", "main"]
 
 _COMMANDS = ("demo", "generate", "evaluate", "quantize", "outliers")
@@ -18,6 +20,7 @@ _COMMANDS = ("demo", "generate", "evaluate", "quantize", "outliers")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-int8", description="LLM.int8() for PyTorch and Hugging Face models")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library details")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)

@@ -8,7 +8,7 @@ Importing this package registers ``quant_method="llm_int8"`` with transformers, 
 from .checkpoint import CheckpointError
 from .convert import ConversionReport, dequantize_model, linear_memory, quantize_model
 from .hf_quantizer import LLMInt8Config, LLMInt8HfQuantizer
-from .loading import default_model_path, load_model, resolve_model_source
+from .loading import default_model_path, load_model, load_tokenizer, resolve_model_source
 from .peft_hook import install_when_imported
 from .pretrained import from_pretrained
 from .saving import save_bitsandbytes, save_pretrained
@@ -25,6 +25,7 @@ __all__ = [
     "from_pretrained",
     "linear_memory",
     "load_model",
+    "load_tokenizer",
     "quantize_model",
     "resolve_model_source",
     "save_bitsandbytes",

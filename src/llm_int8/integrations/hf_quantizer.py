@@ -16,6 +16,7 @@ Hooks used (transformers 5): ``preprocess_model`` swaps layers on the meta devic
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import torch
@@ -35,14 +36,31 @@ from ..primitives import rowwise_quantize
 from .convert import _is_linear, _set_submodule, dequantize_model
 from .swap import automatic_skip_modules, int8_targets, is_conv1d, swap_linears_on_meta
 
-__all__ = ["BITSANDBYTES_ALIASES", "FORMAT_VERSION", "QUANT_METHOD", "LLMInt8Config", "LLMInt8HfQuantizer"]
+__all__ = [
+    "BITSANDBYTES_ALIASES",
+    "FORMAT_VERSION",
+    "PLACEHOLDER",
+    "QUANT_METHOD",
+    "is_placeholder",
+    "with_placeholders",
+    "LLMInt8Config",
+    "LLMInt8HfQuantizer",
+]
 
 logger = logging.getLogger(__name__)
 
 QUANT_METHOD = "llm_int8"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the on-disk layout: per int8 layer ``weight_int8`` (out, in) int8 and ``weight_scale``
-(out,) float32 = row absmax / 127, plus ``bias``; layers in ``modules_to_not_convert`` stay float."""
+(out,) float32 = row absmax / 127, plus ``bias``; layers in ``modules_to_not_convert`` stay float.
+Version 2 adds the ``PLACEHOLDER`` ``weight`` of each int8 layer; version 1 folders load as before."""
+
+PLACEHOLDER = torch.zeros(0, dtype=torch.int8)
+"""Written as each int8 layer's ``<layer>.weight``: an empty tensor where a float model expects an
+(out, in) weight. transformers without ``llm_int8`` does not know ``quant_method="llm_int8"``, skips
+the quantization config with a warning and would otherwise fill the missing ``weight`` tensors with
+random values; with this placeholder it stops with a size-mismatch error instead (loudly, as a
+shared folder must never load as garbage). This library skips it on load."""
 
 
 _NO_DISK_ON_THE_FLY = (
@@ -179,6 +197,20 @@ def _checked_float_dims(float_dims) -> dict[str, list[int]] | None:
     return out
 
 
+def with_placeholders(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with a ``PLACEHOLDER`` under ``<layer>.weight`` for each ``Int8Linear`` of ``model``."""
+    out = dict(state)
+    for name, module in model.named_modules():
+        if isinstance(module, Int8Linear):
+            out[f"{name}.weight"] = PLACEHOLDER
+    return out
+
+
+def is_placeholder(shape, dtype: torch.dtype) -> bool:
+    """Whether a checkpoint tensor of ``shape`` / ``dtype`` is an int8 layer's ``PLACEHOLDER``."""
+    return tuple(shape) == tuple(PLACEHOLDER.shape) and dtype == PLACEHOLDER.dtype
+
+
 def _linears_under(model, prefixes: list[str]) -> list[str]:
     """Names of the linear layers at or below any of the module names ``prefixes`` (``""`` = all)."""
     names = [n for n, m in model.named_modules() if _is_linear(m)]
@@ -283,6 +315,9 @@ class LLMInt8HfQuantizer(HfQuantizer):
                 float_dims=cfg.float_dims,
             )
             _mark_initialized(model, to_int8)
+            # the placeholders written in place of the float weights (format 2): not model tensors
+            ignore = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+            model._keys_to_ignore_on_load_unexpected = ignore | {rf"{re.escape(n)}\.weight$" for n in to_int8}
         else:
             self._targets = set(to_int8)
         return model
@@ -307,6 +342,11 @@ class LLMInt8HfQuantizer(HfQuantizer):
 
     def is_serializable(self) -> bool:
         return True
+
+    def get_state_dict_and_metadata(self, model):
+        """The model's state dict plus the ``PLACEHOLDER`` ``weight`` of every int8 layer."""
+        self.quantization_config.format_version = FORMAT_VERSION  # what this writer writes
+        return with_placeholders(model, model.state_dict()), {}
 
     @property
     def is_trainable(self) -> bool:
