@@ -168,6 +168,7 @@ def test_llm_int8_imports_without_peft_and_installs_when_peft_comes_later():
     code = (
         "import sys, llm_int8, torch\n"
         "assert 'peft' not in sys.modules, 'llm_int8 imported peft'\n"
+        "import importlib.util; assert importlib.util.find_spec('peft') is not None  # a probe, not a load\n"
         "from peft import LoraConfig, get_peft_model\n"
         "m = torch.nn.Sequential(llm_int8.Int8Linear.from_linear(torch.nn.Linear(16, 8)))\n"
         "pm = get_peft_model(m, LoraConfig(r=2, target_modules=['0']))\n"

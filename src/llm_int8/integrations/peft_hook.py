@@ -4,7 +4,7 @@ Importing peft costs seconds and peft is optional, so ``import llm_int8`` must n
 is already imported, ``install_when_imported()`` installs the support at once; otherwise it puts a
 finder on ``sys.meta_path`` that lets the normal finders locate ``peft``, wraps that package's loader,
 and installs the support right after ``peft/__init__.py`` has run (by then every peft module the
-support needs is loaded). The finder removes itself after that one use.
+support needs is loaded). The finder removes itself once peft is loaded.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class _InstallAfterLoad(importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PeftFinder)]
         _install()
 
     def __getattr__(self, name):  # resource readers and the like: the wrapped loader's
@@ -42,8 +43,11 @@ class _PeftFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != _PACKAGE:
             return None
-        sys.meta_path.remove(self)  # one use; and the search below must not find this finder again
+        # a find without a load (importlib.util.find_spec, as transformers' is_peft_available does)
+        # keeps the finder in place; the load that follows removes it
         for finder in sys.meta_path:
+            if finder is self:
+                continue
             find = getattr(finder, "find_spec", None)
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
