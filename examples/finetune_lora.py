@@ -3,7 +3,10 @@
     python3 examples/finetune_lora.py                       # this library (llm_int8 Int8Linear base)
     python3 examples/finetune_lora.py --backend bitsandbytes  # the same run on peft + bitsandbytes
     python3 examples/finetune_lora.py --backend both --out results/finetune_lora
-        # both, each in its own process, then writes <out>.json / .md / .png side by side
+        # both, one after the other, each in its own process, then <out>.json / .md / .png side by side
+
+The defaults (12 steps of 2 x 32 tokens) keep each run to minutes on a small shared CPU; raise
+``--steps`` / ``--seq-len`` for a real fine-tune.
 
 The recipe itself is five lines: load, ``quantize_model``, ``prepare_model_for_kbit_training``,
 ``get_peft_model``, train. The int8 weights stay frozen; only the LoRA adapters (q, k, v, o) train.
@@ -38,10 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="WikiText-2 text file (default: %(default)s)")
     p.add_argument("--backend", choices=["llm_int8", "bitsandbytes", "both"], default="llm_int8")
     p.add_argument("--model", default=None, help="model for llm_int8.load_model (default: the bundled SmolLM2-135M)")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--eval-batches", type=int, default=4, help="held-out batches for the loss before / after")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--eval-batches", type=int, default=2, help="held-out batches for the loss before / after")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
