@@ -77,3 +77,52 @@ def input_ids(seed: int = 1, length: int = 12) -> torch.Tensor:
 def logits(model, ids=None) -> torch.Tensor:
     with torch.no_grad():
         return model(ids if ids is not None else input_ids()).logits
+
+
+ARCHITECTURES = ("llama", "gpt2", "opt", "qwen2", "mistral", "phi", "falcon", "gpt_neox", "bert", "t5")
+
+
+def tiny_arch(name: str, seed: int = 0):
+    """``(model, auto_class)``: a 2-layer random model of one of ``ARCHITECTURES`` (vocabulary ``VOCAB``,
+    width 64), weights scaled as in ``tiny_model``; BERT is a masked LM, T5 a seq2seq LM."""
+    import transformers as tf
+
+    if name in FAMILIES:
+        return tiny_model(name, seed=seed), tf.AutoModelForCausalLM
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    decoder = dict(common, intermediate_size=96, max_position_embeddings=64, tie_word_embeddings=False)
+    auto = tf.AutoModelForCausalLM
+    if name == "qwen2":
+        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**decoder, num_key_value_heads=2))
+    elif name == "mistral":
+        model = tf.MistralForCausalLM(tf.MistralConfig(**decoder, num_key_value_heads=2))
+    elif name == "phi":
+        model = tf.PhiForCausalLM(tf.PhiConfig(**decoder))
+    elif name == "falcon":
+        model = tf.FalconForCausalLM(tf.FalconConfig(**common, tie_word_embeddings=False))
+    elif name == "gpt_neox":
+        model = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**decoder))
+    elif name == "bert":
+        model = tf.BertForMaskedLM(tf.BertConfig(**common, intermediate_size=96, max_position_embeddings=64))
+        auto = tf.AutoModelForMaskedLM
+    elif name == "t5":
+        cfg = tf.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4)
+        model = tf.T5ForConditionalGeneration(cfg)
+        auto = tf.AutoModelForSeq2SeqLM
+    else:
+        raise ValueError(name)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    return model.eval(), auto
+
+
+def arch_logits(model, ids=None) -> torch.Tensor:
+    """``logits`` for any of ``ARCHITECTURES`` (an encoder-decoder gets the ids on both sides)."""
+    ids = ids if ids is not None else input_ids()
+    with torch.no_grad():
+        if model.config.is_encoder_decoder:
+            return model(input_ids=ids, decoder_input_ids=ids).logits
+        return model(ids).logits

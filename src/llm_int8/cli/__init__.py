@@ -14,6 +14,8 @@ import logging
 import re
 import sys
 
+from .. import __version__
+
 __all__ = ["build_parser", "main"]
 
 _COMMANDS = ("demo", "generate", "evaluate", "quantize", "outliers")
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="llm-int8", description="LLM.int8() for PyTorch and Hugging Face models")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library details")
     parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)

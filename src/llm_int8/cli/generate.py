@@ -12,18 +12,19 @@ __all__ = ["register"]
 
 
 def _cmd_generate(args) -> int:
-    from transformers import AutoTokenizer
+    from ..integrations import from_pretrained, load_model, load_tokenizer
 
-    from ..integrations import from_pretrained, load_model, resolve_model_source
-
+    # the tokenizer first: a missing one fails in a second, not after the model has loaded
+    try:
+        tokenizer = load_tokenizer(args.tokenizer if args.tokenizer is not None else args.model)
+    except FileNotFoundError as err:
+        if args.tokenizer is not None:
+            raise
+        raise FileNotFoundError(f"{err}; pass --tokenizer (the float model's folder, .gguf or hub id)") from None
     if args.no_int8:
-        model, tokenizer = load_model(args.model, dtype=torch.float32)
+        model, _ = load_model(args.model, dtype=torch.float32)
     else:
-        name, extra = resolve_model_source(args.model)
         model = from_pretrained(args.model, threshold=args.threshold, activation=args.activation)
-        tokenizer = AutoTokenizer.from_pretrained(name, **extra)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
     print(greedy(model, tokenizer, args.prompt, args.max_new_tokens))
     return 0
 
@@ -35,6 +36,9 @@ def register(sub) -> None:
         help="local HF directory (float or saved int8), .gguf file or hub id (default: bundled SmolLM2-135M-Instruct)",
     )
     gen.add_argument("--prompt", required=True, type=nonempty_text)
+    gen.add_argument(
+        "--tokenizer", help="where to take the tokenizer from, if not --model's (an int8 folder saved without one)"
+    )
     add_int8_options(gen, from_checkpoint=True)
     gen.add_argument("--max-new-tokens", type=positive_int, default=64)
     gen.add_argument("--no-int8", action="store_true", help="run the float model, for comparison")

@@ -25,15 +25,14 @@ def _tokenizer_or_none(source: str):
     """The source's tokenizer, saved next to the int8 weights so the folder is self-contained."""
     import logging
 
-    from transformers import AutoTokenizer
+    from ..integrations import load_tokenizer
 
-    from ..integrations import resolve_model_source
-
-    name, extra = resolve_model_source(source)
     try:
-        return AutoTokenizer.from_pretrained(name, **extra)
+        return load_tokenizer(source)
     except (OSError, ValueError, TypeError) as err:
-        logging.getLogger(__name__).warning("no tokenizer saved: %s has none that loads (%s)", source, err)
+        logging.getLogger(__name__).warning(
+            "no tokenizer saved: %s (the int8 folder still loads; give `llm-int8 generate` one with --tokenizer)", err
+        )
         return None
 
 

@@ -6,13 +6,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, Int8Config
 from ..nn import Int8Linear
 
-__all__ = ["ConversionReport", "linear_memory", "quantize_model"]
+__all__ = ["ConversionReport", "dequantize_model", "linear_memory", "quantize_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +127,30 @@ def quantize_model(
         _set_submodule(model, name, int8_module)
         bytes_after += int8_module.memory_bytes()
         del module
+    if targets and hasattr(model, "config"):  # a transformers model: peft's k-bit preparation keys on this flag
+        model.is_loaded_in_8bit = True
     report = ConversionReport(tuple(n for n, _ in targets), skipped, bytes_before, bytes_after)
     logger.info(report.summary())
     return (model, report) if return_report else model
+
+
+def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> list[str]:
+    """Replace, in place, each ``Int8Linear`` of ``model`` with an ``nn.Linear`` holding its dequantized
+    weight (``Int8Linear.dequantized_weight``, float columns exact) and its bias; the inverse of
+    ``quantize_model`` up to the int8 rounding. ``dtype``: of the new weights (default: each layer's
+    bias dtype, float32 without a bias). Layers that were GPT-2 ``Conv1D`` come back as ``nn.Linear``,
+    which computes the same. Returns the names of the replaced layers."""
+    names = [name for name, m in model.named_modules() if isinstance(m, Int8Linear)]
+    for name in names:
+        old = model.get_submodule(name)
+        weight = old.weight if dtype is None else old.dequantized_weight(dtype)  # (out, in)
+        new = nn.Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
+        new.weight = nn.Parameter(weight)
+        if old.bias is not None:
+            new.bias = nn.Parameter(old.bias.detach().to(weight.dtype).clone())
+        new.train(old.training)
+        _set_submodule(model, name, new)
+    return names
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -16,6 +16,7 @@ Hooks used (transformers 5): ``preprocess_model`` swaps layers on the meta devic
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import torch
@@ -32,17 +33,34 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, Int8Config
 from ..nn import Int8Linear
 from ..primitives import rowwise_quantize
-from .convert import _set_submodule
+from .convert import _is_linear, _set_submodule, dequantize_model
 from .swap import automatic_skip_modules, int8_targets, is_conv1d, swap_linears_on_meta
 
-__all__ = ["FORMAT_VERSION", "QUANT_METHOD", "LLMInt8Config", "LLMInt8HfQuantizer"]
+__all__ = [
+    "BITSANDBYTES_ALIASES",
+    "FORMAT_VERSION",
+    "PLACEHOLDER",
+    "QUANT_METHOD",
+    "is_placeholder",
+    "with_placeholders",
+    "LLMInt8Config",
+    "LLMInt8HfQuantizer",
+]
 
 logger = logging.getLogger(__name__)
 
 QUANT_METHOD = "llm_int8"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the on-disk layout: per int8 layer ``weight_int8`` (out, in) int8 and ``weight_scale``
-(out,) float32 = row absmax / 127, plus ``bias``; layers in ``modules_to_not_convert`` stay float."""
+(out,) float32 = row absmax / 127, plus ``bias``; layers in ``modules_to_not_convert`` stay float.
+Version 2 adds the ``PLACEHOLDER`` ``weight`` of each int8 layer; version 1 folders load as before."""
+
+PLACEHOLDER = torch.zeros(0, dtype=torch.int8)
+"""Written as each int8 layer's ``<layer>.weight``: an empty tensor where a float model expects an
+(out, in) weight. transformers without ``llm_int8`` does not know ``quant_method="llm_int8"``, skips
+the quantization config with a warning and would otherwise fill the missing ``weight`` tensors with
+random values; with this placeholder it stops with a size-mismatch error instead (loudly, as a
+shared folder must never load as garbage). This library skips it on load."""
 
 
 _NO_DISK_ON_THE_FLY = (
@@ -75,9 +93,14 @@ class LLMInt8Config(QuantizationConfigMixin):
         format_version: int = FORMAT_VERSION,
         activation: str = DEFAULT_ACTIVATION,
         float_dims: dict[str, list[int]] | None = None,
+        skip_output_layer: bool = True,
+        fp32_cpu_offload: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("quant_method", None)
+        threshold, skip_modules, skip_output_layer, fp32_cpu_offload = _bitsandbytes_aliases(
+            kwargs, threshold, skip_modules, skip_output_layer, fp32_cpu_offload
+        )
         if kwargs:
             raise TypeError(f"LLMInt8Config got unknown arguments {sorted(kwargs)}")
         # a single name is a one-element list, never its characters (list("lm_head") = ['l', 'm', ...])
@@ -96,6 +119,9 @@ class LLMInt8Config(QuantizationConfigMixin):
                 f"this checkpoint uses llm_int8 format version {format_version}, but this llm_int8 reads up to "
                 f"version {FORMAT_VERSION}: upgrade llm-int8"
             )
+        for name, flag in (("skip_output_layer", skip_output_layer), ("fp32_cpu_offload", fp32_cpu_offload)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
         self.quant_method = QUANT_METHOD
         self.threshold = checked.threshold
         self.activation = checked.activation
@@ -103,6 +129,8 @@ class LLMInt8Config(QuantizationConfigMixin):
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
         self.format_version = format_version
         self.float_dims = _checked_float_dims(float_dims)
+        self.skip_output_layer = skip_output_layer
+        self.fp32_cpu_offload = fp32_cpu_offload
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +141,8 @@ class LLMInt8Config(QuantizationConfigMixin):
             "modules_to_not_convert": self.modules_to_not_convert,
             "format_version": self.format_version,
             **({"float_dims": self.float_dims} if self.float_dims else {}),
+            **({"skip_output_layer": False} if not self.skip_output_layer else {}),
+            **({"fp32_cpu_offload": True} if self.fp32_cpu_offload else {}),
         }
 
 
@@ -129,6 +159,45 @@ def _name_list(what: str, names) -> list[str] | None:
     return names
 
 
+BITSANDBYTES_ALIASES = {
+    "llm_int8_threshold": "threshold",
+    "llm_int8_skip_modules": "skip_modules (replacing the default lm_head skip: skip_output_layer=False)",
+    "llm_int8_enable_fp32_cpu_offload": "fp32_cpu_offload",
+    "llm_int8_has_fp16_weight": "(False only: Int8Linear keeps no float weight)",
+}
+"""``BitsAndBytesConfig`` option names ``LLMInt8Config`` accepts, and what each becomes."""
+
+
+def _bitsandbytes_aliases(kwargs: dict, threshold, skip_modules, skip_output_layer, fp32_cpu_offload):
+    """Take ``BitsAndBytesConfig``'s 8-bit option names out of ``kwargs``, with bitsandbytes' meaning.
+
+    ``llm_int8_skip_modules`` *replaces* transformers' default skip list (the output layer) in
+    bitsandbytes (``get_modules_to_not_convert`` adds the defaults only without a list), so here it
+    sets ``skip_modules`` and ``skip_output_layer=False``. Giving an option under both names is an error.
+    """
+    kwargs.pop("load_in_8bit", None)  # what BitsAndBytesConfig needs to mean 8-bit; implied here
+
+    def take(alias: str, name: str, value, default):
+        if alias not in kwargs:
+            return value
+        given = kwargs.pop(alias)
+        if value != default:
+            raise TypeError(f"LLMInt8Config got both {name}={value!r} and its bitsandbytes alias {alias}={given!r}")
+        return given
+
+    threshold = take("llm_int8_threshold", "threshold", threshold, DEFAULT_THRESHOLD)
+    if "llm_int8_skip_modules" in kwargs:
+        skip_modules = take("llm_int8_skip_modules", "skip_modules", skip_modules, None)
+        skip_output_layer = False
+    fp32_cpu_offload = take("llm_int8_enable_fp32_cpu_offload", "fp32_cpu_offload", fp32_cpu_offload, False)
+    if kwargs.pop("llm_int8_has_fp16_weight", False):
+        raise ValueError(
+            "llm_int8_has_fp16_weight=True (training the full weight in 16 bits) is not supported: Int8Linear holds "
+            "no float weight. Train adapters on the int8 model with peft (LoRA / DoRA) instead."
+        )
+    return threshold, skip_modules, skip_output_layer, fp32_cpu_offload
+
+
 def _checked_float_dims(float_dims) -> dict[str, list[int]] | None:
     if not float_dims:
         return None
@@ -142,6 +211,26 @@ def _checked_float_dims(float_dims) -> dict[str, list[int]] | None:
             raise ValueError(f"float_dims of {name!r} must be non-negative ints, got {dims!r}")
         out[name] = sorted(dims)
     return out
+
+
+def with_placeholders(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with a ``PLACEHOLDER`` under ``<layer>.weight`` for each ``Int8Linear`` of ``model``."""
+    out = dict(state)
+    for name, module in model.named_modules():
+        if isinstance(module, Int8Linear):
+            out[f"{name}.weight"] = PLACEHOLDER
+    return out
+
+
+def is_placeholder(shape, dtype: torch.dtype) -> bool:
+    """Whether a checkpoint tensor of ``shape`` / ``dtype`` is an int8 layer's ``PLACEHOLDER``."""
+    return tuple(shape) == tuple(PLACEHOLDER.shape) and dtype == PLACEHOLDER.dtype
+
+
+def _linears_under(model, prefixes: list[str]) -> list[str]:
+    """Names of the linear layers at or below any of the module names ``prefixes`` (``""`` = all)."""
+    names = [n for n, m in model.named_modules() if _is_linear(m)]
+    return [n for n in names if any(p == "" or n == p or n.startswith(p + ".") for p in prefixes)]
 
 
 def _mark_initialized(model, layers) -> None:
@@ -220,12 +309,15 @@ class LLMInt8HfQuantizer(HfQuantizer):
     def update_dtype(self, dtype: torch.dtype) -> torch.dtype:
         return dtype  # compute in the checkpoint's / user's dtype: a bf16 model stays bf16
 
-    def _process_model_before_weight_loading(self, model, **kwargs):
+    def _process_model_before_weight_loading(self, model, device_map=None, **kwargs):
         cfg = self.quantization_config
         if self.pre_quantized and cfg.modules_to_not_convert is not None:
             skip = list(cfg.modules_to_not_convert)
         else:
-            skip = automatic_skip_modules(model) + list(cfg.skip_modules or ())
+            skip = automatic_skip_modules(model, output_layer=cfg.skip_output_layer) + list(cfg.skip_modules or ())
+            if cfg.fp32_cpu_offload and isinstance(device_map, dict):
+                # bitsandbytes' meaning: what the device map puts on the CPU or the disk stays float
+                skip += _linears_under(model, [k for k, v in device_map.items() if v in ("cpu", "disk")])
         to_int8, kept = int8_targets(model, skip)
         cfg.modules_to_not_convert = kept
         if self.pre_quantized:
@@ -239,6 +331,9 @@ class LLMInt8HfQuantizer(HfQuantizer):
                 float_dims=cfg.float_dims,
             )
             _mark_initialized(model, to_int8)
+            # the placeholders written in place of the float weights (format 2): not model tensors
+            ignore = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+            model._keys_to_ignore_on_load_unexpected = ignore | {rf"{re.escape(n)}\.weight$" for n in to_int8}
         else:
             self._targets = set(to_int8)
         return model
@@ -264,9 +359,21 @@ class LLMInt8HfQuantizer(HfQuantizer):
     def is_serializable(self) -> bool:
         return True
 
+    def get_state_dict_and_metadata(self, model):
+        """The model's state dict plus the ``PLACEHOLDER`` ``weight`` of every int8 layer."""
+        self.quantization_config.format_version = FORMAT_VERSION  # what this writer writes
+        return with_placeholders(model, model.state_dict()), {}
+
     @property
     def is_trainable(self) -> bool:
-        return False  # the int8 weights are frozen; gradients still flow to the inputs (adapters)
+        # adapters (peft LoRA / DoRA) train on top; the int8 weights are buffers, never trained, and
+        # gradients flow through them to the inputs (Int8Linear's backward, llm_int8.ops)
+        return True
+
+    def _dequantize(self, model, dtype=None):
+        dequantize_model(model, dtype)
+        model.is_loaded_in_8bit = False
+        return model
 
 
 def _register() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -52,12 +53,42 @@ def resolve_model_source(source: str | os.PathLike | None) -> tuple[str, dict]:
             raise FileNotFoundError(f"{path} is a directory but holds no config.json: not a Hugging Face model folder")
         return str(path), {}
     text = str(source)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
-    if not looks_like_hub_id:
+    if path.exists() or not _HUB_ID.fullmatch(text):
         raise FileNotFoundError(
-            f"unknown model {text!r}: not a .gguf file, not a local model directory, not a hub id (org/name)"
+            f"unknown model {text!r}: not a .gguf file, not a local model directory, not a hub id (name or org/name)"
         )
     return text, {}
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+"""A Hugging Face hub repository id: ``name`` (legacy models such as ``gpt2``) or ``org/name``."""
+
+# files any transformers tokenizer is saved as; a folder with none of them has no tokenizer
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+
+
+def load_tokenizer(source: str | os.PathLike | None):
+    """The tokenizer of ``source`` (as ``resolve_model_source`` reads it), with a pad token.
+
+    A local folder without any tokenizer file is a ``FileNotFoundError`` that says so, rather than
+    transformers' guess at a missing dependency."""
+    from transformers import AutoTokenizer
+
+    name, kwargs = resolve_model_source(source)
+    folder = Path(name)
+    if folder.is_dir() and "gguf_file" not in kwargs and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(f"{folder} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)})")
+    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model(
@@ -66,13 +97,11 @@ def load_model(
     device: str | torch.device = "cpu",
 ):
     """Load a causal LM and its tokenizer in ``dtype``; returns ``(model, tokenizer)`` in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     name, kwargs = resolve_model_source(source)
     logger.info("loading %s %s", name, kwargs or "")
-    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    tokenizer = load_tokenizer(source)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     model.to(device).eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -26,6 +26,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from ..nn import Int8Linear
 from ..primitives.quantize import INT8_MAX
 from .checkpoint import CheckpointError, CheckpointShards, check_config_json
 from .convert import quantize_model
-from .hf_quantizer import QUANT_METHOD, LLMInt8Config, LLMInt8HfQuantizer
+from .hf_quantizer import QUANT_METHOD, LLMInt8Config, LLMInt8HfQuantizer, is_placeholder
 from .loading import resolve_model_source
 from .offload import device_for, dispatch, plan_device_map
 from .swap import automatic_skip_modules, int8_targets, swap_linears_on_meta
@@ -88,24 +89,6 @@ def _malloc_trim() -> None:
 
 def _is_float(dtype: torch.dtype) -> bool:
     return dtype.is_floating_point
-
-
-class _KeyMap:
-    """Maps a checkpoint tensor name to the model's: as is, or with the base-model prefix added or
-    removed (a checkpoint of the bare ``LlamaModel`` loaded into ``LlamaForCausalLM`` and back)."""
-
-    def __init__(self, model: nn.Module, names: set[str]) -> None:
-        self.names = names
-        self.prefix = getattr(model, "base_model_prefix", "") or ""
-
-    def __call__(self, ckpt_key: str) -> str | None:
-        if ckpt_key in self.names:
-            return ckpt_key
-        if self.prefix:
-            for cand in (f"{self.prefix}.{ckpt_key}", ckpt_key.removeprefix(self.prefix + ".")):
-                if cand in self.names:
-                    return cand
-        return None
 
 
 def _resolve_dtype(dtype, config, headers) -> torch.dtype:
@@ -275,6 +258,18 @@ def _local_folder(source: str, kwargs: dict) -> tuple[Path | None, dict]:
     return Path(folder), {}
 
 
+@dataclass
+class _LayerPlan:
+    """Which linear layers become int8, with what settings: step 2 of ``from_pretrained``."""
+
+    threshold: float
+    activation: str
+    user_skip: list[str]
+    to_int8: list[str]
+    kept: list[str]
+    float_dims: dict[str, list[int]] | None
+
+
 def from_pretrained(
     model: str | os.PathLike | None,
     threshold: float | None = None,
@@ -312,6 +307,13 @@ def from_pretrained(
     out of each weight as it streams in. An int8 checkpoint keeps the float dims it was saved with.
     Remaining ``kwargs`` go to ``AutoConfig.from_pretrained``.
 
+    Checkpoint names go through transformers' own renamings for the architecture
+    (``conversion_mapping``: GPT-NeoX's ``embed_out`` -> ``lm_head``, legacy ``gamma`` / ``beta``,
+    ...). A checkpoint that needs one of transformers' *conversions* (tensors merged or split on
+    load, e.g. per-expert MoE weights fused) cannot be read one tensor at a time: it is loaded
+    through transformers' loader with ``LLMInt8Config`` instead (logged), which quantizes each
+    weight as transformers materialises it.
+
     Raises ``CheckpointError`` (a ``ValueError``) naming the file and tensor for a missing, corrupt
     or truncated shard, or for tensors whose shape / dtype disagree with the config.
     """
@@ -324,6 +326,7 @@ def from_pretrained(
             model, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation, float_dims
         )
 
+    # 1. config, checkpoint headers, the compute dtype, and the model skeleton on meta
     check_config_json(folder)
     config = AutoConfig.from_pretrained(folder, **kwargs)
     saved_q = getattr(config, "quantization_config", None)
@@ -336,14 +339,70 @@ def from_pretrained(
     dtype = _resolve_dtype(dtype, config, headers)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the skeleton is built plain; ours is attached at the end
+    hf_model = _skeleton_on_meta(auto_class, config, dtype)
+    keymap = _CheckpointKeys(hf_model)
 
-    # 1. skeleton on meta
+    if not saved_q and keymap.needs_conversion(headers):
+        return _through_transformers(
+            folder, auto_class, threshold, skip_modules, device_map, max_memory, dtype, activation, float_dims
+        )
+
+    # 2. which linear layers become int8; swap them on meta
+    plan = _plan_layers(hf_model, folder, saved_q, headers, keymap, threshold, activation, skip_modules, float_dims)
+    conv1d = set(
+        swap_linears_on_meta(
+            hf_model,
+            plan.to_int8,
+            plan.threshold,
+            bias_dtype=dtype,
+            activation=plan.activation,
+            float_dims=plan.float_dims,
+        )
+    )
+
+    # 3. device plan on the int8 skeleton
+    device_map = plan_device_map(hf_model, device_map, max_memory, dtype)
+    if device_map and "disk" in device_map.values():
+        if offload_folder is None:
+            offload_folder = tempfile.mkdtemp(prefix="llm_int8_offload_")
+            logger.info("offloading to %s", offload_folder)
+        os.makedirs(offload_folder, exist_ok=True)
+
+    # 4. stream the tensors in, one file and one tensor at a time; 5. check that all arrived
+    loader = _StreamingLoad(hf_model, config, plan, conv1d, dtype, device_map, offload_folder)
+    loader.run(shards, len(headers), keymap, progress)
+    loader.verify(folder, headers)
+
+    # 6. tie, record the quantization, place on devices
+    hf_model.tie_weights()
+    if device_map is None or set(device_map.values()) <= {"cpu"}:
+        still_meta = [n for n, t in [*hf_model.named_parameters(), *hf_model.named_buffers()] if t.is_meta]
+        if still_meta:
+            raise CheckpointError(f"{folder}: tensors left unloaded: {still_meta[:10]}")
+    _attach_config(hf_model, plan.threshold, plan.user_skip, plan.kept, plan.activation, plan.float_dims)
+    if device_map:
+        hf_model.hf_device_map = device_map
+        hf_model = dispatch(hf_model, device_map, offload_folder, loader.offload_index)
+    hf_model.eval()
+    _malloc_trim()
+    logger.info("loaded %s: %d int8 linear layers, %d kept in float", folder, len(plan.to_int8), len(plan.kept))
+    return hf_model
+
+
+def _skeleton_on_meta(auto_class, config, dtype: torch.dtype) -> nn.Module:
+    """The model with every parameter on ``meta`` (no memory); small non-persistent buffers (rotary
+    tables) are built for real."""
     from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):
-        hf_model = auto_class.from_config(config, dtype=dtype)
+        return auto_class.from_config(config, dtype=dtype)
 
-    # which linear layers become int8, and from what
+
+def _plan_layers(
+    hf_model, folder, saved_q, headers, keymap, threshold, activation, skip_modules, float_dims
+) -> _LayerPlan:
+    """Settings and the float / int8 split: from the saved config for an int8 checkpoint (ours or
+    bitsandbytes'), else from the arguments; a layer stored int8 is int8 whatever the lists say."""
     if saved_q and saved_q.get("quant_method") == QUANT_METHOD:
         try:
             saved = LLMInt8Config.from_dict(saved_q)
@@ -355,10 +414,8 @@ def from_pretrained(
         if float_dims:
             logger.warning("float_dims ignored: %s is already int8 (its saved float_dims are used)", folder)
         auto_skip = list(saved.modules_to_not_convert or automatic_skip_modules(hf_model))
-        if threshold is None:
-            threshold = saved.threshold
-        if activation is None:
-            activation = saved.activation
+        threshold = saved.threshold if threshold is None else threshold
+        activation = saved.activation if activation is None else activation
         user_skip = list(saved.skip_modules or [])
         float_dims = saved.float_dims
     elif saved_q and saved_q.get("load_in_8bit"):
@@ -385,58 +442,154 @@ def from_pretrained(
         threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
         activation=DEFAULT_ACTIVATION if activation is None else activation,
     )
-    threshold, activation = checked.threshold, checked.activation
-
     to_int8, kept = int8_targets(hf_model, auto_skip + user_skip)
-    # a layer stored int8 in the checkpoint is int8 whatever the lists say
     all_linear = set(to_int8) | set(kept)
-    probe = _KeyMap(hf_model, {f"{n}.{leaf}" for n in all_linear for leaf in ("weight_int8", "SCB")})
-    stored_int8 = {probe(k).rpartition(".")[0] for k in headers if probe(k) is not None}
+    keymap.expect({f"{n}.{leaf}" for n in all_linear for leaf in ("weight_int8", "SCB")})
+    stored_int8 = {k.rpartition(".")[0] for k in map(keymap, headers) if k is not None}
     to_int8 = sorted(set(to_int8) | stored_int8)
-    kept = sorted(all_linear - set(to_int8))
     float_dims = {k: list(v) for k, v in (float_dims or {}).items()} or None
     unknown = sorted(set(float_dims or {}) - set(to_int8))
     if unknown:
         raise ValueError(f"float_dims names modules that are not converted linear layers: {unknown[:5]}")
-    conv1d = set(
-        swap_linears_on_meta(
-            hf_model, to_int8, threshold, bias_dtype=dtype, activation=activation, float_dims=float_dims
+    kept = sorted(all_linear - set(to_int8))
+    return _LayerPlan(checked.threshold, checked.activation, user_skip, to_int8, kept, float_dims)
+
+
+class _CheckpointKeys:
+    """Maps a checkpoint tensor name to the model's, as transformers' loader does: its renamings for
+    this architecture (``conversion_mapping``) and the base-model prefix added or removed (a bare
+    ``LlamaModel`` checkpoint loaded into ``LlamaForCausalLM`` and back). ``None`` for no match."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming
+
+        transforms = get_model_conversion_mapping(model) if hasattr(model, "config") else []
+        self.renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        self.converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        self.prefix = getattr(model, "base_model_prefix", "") or ""
+        self.names: set[str] = set()
+
+    def expect(self, names: set[str]) -> None:
+        """The model-side names a checkpoint key may map to (its state dict plus other leaves)."""
+        self.names = set(names)
+
+    def needs_conversion(self, keys) -> bool:
+        """Whether any checkpoint key matches one of transformers' merge / split conversions."""
+        from transformers.core_model_loading import apply_converters, apply_renamings
+
+        return any(apply_converters(apply_renamings(k, self.renamings), self.converters)[1] for k in keys)
+
+    def __call__(self, ckpt_key: str) -> str | None:
+        from transformers.core_model_loading import apply_renamings
+
+        key = apply_renamings(ckpt_key, self.renamings)
+        for cand in (key, f"{self.prefix}.{key}" if self.prefix else key, key.removeprefix(self.prefix + ".")):
+            if cand in self.names:
+                return cand
+        return None
+
+
+class _StreamingLoad:
+    """Step 4 of ``from_pretrained``: each checkpoint tensor to its place in the int8 skeleton.
+
+    An int8 layer's tensors arrive as a float ``weight`` (quantized here, in blocks of rows), as
+    bitsandbytes' int8 ``weight`` + ``SCB`` (+ ``weight_format``), or as ours (``weight_int8``,
+    ``weight_scale``, and format 2's empty placeholder ``weight``, skipped); every other tensor must
+    match the model's shape and kind (float or integer) and is cast to its dtype."""
+
+    def __init__(self, model, config, plan: _LayerPlan, conv1d: set[str], dtype, device_map, offload_folder):
+        self.model, self.config, self.plan, self.conv1d, self.dtype = model, config, plan, conv1d, dtype
+        self.device_map, self.offload_folder = device_map, offload_folder
+        self.offload_index: dict = {}
+        self.expected = model.state_dict()
+        self.int8 = set(plan.to_int8)
+        self.arrived: set[str] = set()
+        self.unexpected: list[str] = []
+        self.scratch = _Scratch()
+
+    def run(self, shards, n_tensors: int, keymap: _CheckpointKeys, progress: bool) -> None:
+        keymap.expect(set(self.expected) | {f"{n}.{leaf}" for n in self.int8 for leaf in _BNB_LEAVES})
+        bar = tqdm(total=n_tensors, desc="loading int8", unit="tensor", disable=not progress)
+        with _intra_op_threads(1), bar:
+            for handle in shards.open_files():
+                for ckey in handle.keys():
+                    bar.update(1)
+                    key = keymap(ckey)
+                    if key is None:
+                        self.unexpected.append(ckey)
+                        continue
+                    layer, _, leaf = key.rpartition(".")
+                    if layer in self.int8 and leaf in _BNB_LEAVES:
+                        self._int8_leaf(handle, ckey, layer, leaf)
+                    else:
+                        self._tensor(handle, ckey, key)
+                _malloc_trim()
+
+    def _int8_leaf(self, handle, ckey: str, layer: str, leaf: str) -> None:
+        info = handle.tensors[ckey]
+        if leaf == "weight" and is_placeholder(info.shape, info.dtype):
+            return  # our format 2: the stand-in that stops a plain float load (hf_quantizer.PLACEHOLDER)
+        if leaf == "SCB":  # bitsandbytes: row absmax of W
+            scale_key = f"{layer}.weight_scale"
+            self._check(info, scale_key, tuple(self.expected[scale_key].shape), float_expected=True)
+            self._place(scale_key, handle.read(ckey).float() / INT8_MAX)
+            return
+        if leaf == "weight_format":
+            fmt = handle.read(ckey).reshape(-1)
+            if fmt.numel() != 1 or int(fmt[0]) != _BNB_ROW_FORMAT:
+                raise CheckpointError(
+                    f"{info.path}: tensor {ckey!r}: bitsandbytes weight format {fmt.tolist()} is a "
+                    "GPU-specific tiled layout; only the row-major format (0) can be loaded"
+                )
+            return
+        i8_key = f"{layer}.weight_int8"
+        shape = tuple(self.expected[i8_key].shape)
+        if info.dtype == torch.int8:  # bitsandbytes: the int8 codes, row-major (out, in)
+            self._check(info, i8_key, shape)
+            self._place(i8_key, handle.read(ckey))
+            return
+        # a float weight: quantize it as it streams in
+        self._check(info, f"{layer}.weight", shape[::-1] if layer in self.conv1d else shape, float_expected=True)
+        dims = None
+        if self.plan.float_dims and layer in self.plan.float_dims:  # checked by the swap: distinct, in range
+            dims = torch.tensor(self.plan.float_dims[layer], dtype=torch.int64).sort().values
+        W_i8, s_w, W_S = _read_quantized(
+            handle, ckey, layer in self.conv1d, f"weight of {layer}", self.scratch, dims, self.dtype
         )
-    )
+        self._place(i8_key, W_i8)
+        self._place(f"{layer}.weight_scale", s_w)
+        if W_S is not None:
+            self._place(f"{layer}.float_dims", dims)
+            self._place(f"{layer}.float_weight", W_S)
 
-    # 2. device plan on the int8 skeleton
-    device_map = plan_device_map(hf_model, device_map, max_memory, dtype)
-    offload_index: dict = {}
-    if device_map and "disk" in device_map.values():
-        if offload_folder is None:
-            offload_folder = tempfile.mkdtemp(prefix="llm_int8_offload_")
-            logger.info("offloading to %s", offload_folder)
-        os.makedirs(offload_folder, exist_ok=True)
+    def _tensor(self, handle, ckey: str, key: str) -> None:
+        info, ref = handle.tensors[ckey], self.expected[key]
+        self._check(info, key, tuple(ref.shape), float_expected=_is_float(ref.dtype))
+        if not _is_float(ref.dtype) and info.dtype != ref.dtype:
+            raise CheckpointError(
+                f"{info.path}: tensor {ckey!r} is {info.dtype} but the model expects {ref.dtype} for {key!r}"
+            )
+        value = handle.read(ckey)
+        if value.dtype != ref.dtype:
+            value = value.to(ref.dtype)  # weight_scale stays float32, the rest in `dtype`
+        self._place(key, value)
 
-    expected = hf_model.state_dict()
-    int8_set = set(to_int8)
-    # checkpoint spellings of an int8 layer's tensors: float "weight" (to quantize), or bitsandbytes'
-    # int8 "weight" + "SCB" (+ "weight_format"), or ours ("weight_int8", "weight_scale": in `expected`)
-    keymap = _KeyMap(hf_model, set(expected) | {f"{n}.{leaf}" for n in to_int8 for leaf in _BNB_LEAVES})
-    arrived: set[str] = set()
-    unexpected: list[str] = []
-
-    def place(key: str, value: torch.Tensor) -> None:
-        nonlocal offload_index
-        device = device_for(device_map, key)
+    def _place(self, key: str, value: torch.Tensor) -> None:
+        device = device_for(self.device_map, key)
         if device == "disk":
             from accelerate.utils import offload_weight
 
-            offload_index = offload_weight(value, key, offload_folder, offload_index)
+            self.offload_index = offload_weight(value, key, self.offload_folder, self.offload_index)
         else:
-            _set_tensor(hf_model, key, value.to(device) if str(device) != "cpu" else value)
-        arrived.add(key)
+            _set_tensor(self.model, key, value.to(device) if str(device) != "cpu" else value)
+        self.arrived.add(key)
 
-    def check(info, key: str, shape: tuple[int, ...], float_expected: bool | None = None) -> None:
+    def _check(self, info, key: str, shape: tuple[int, ...], float_expected: bool | None = None) -> None:
         if tuple(info.shape) != tuple(shape):
             raise CheckpointError(
                 f"{info.path}: tensor {info.name!r} has shape {list(info.shape)} but the config "
-                f"({type(config).__name__}) gives {key!r} the shape {list(shape)}"
+                f"({type(self.config).__name__}) gives {key!r} the shape {list(shape)}"
             )
         if float_expected is not None and _is_float(info.dtype) != float_expected:
             raise CheckpointError(
@@ -444,93 +597,42 @@ def from_pretrained(
                 f"{'a float' if float_expected else 'an integer'} tensor"
             )
 
-    # 3. stream, one file and one tensor at a time
-    scratch = _Scratch()
-    bar = tqdm(total=len(headers), desc="loading int8", unit="tensor", disable=not progress)
-    with _intra_op_threads(1), bar:
-        for handle in shards.open_files():
-            for ckey in handle.keys():
-                bar.update(1)
-                info = handle.tensors[ckey]
-                key = keymap(ckey)
-                if key is None:
-                    unexpected.append(ckey)
-                    continue
-                layer, _, leaf = key.rpartition(".")
-                if layer in int8_set and leaf == "weight":
-                    i8_key = f"{layer}.weight_int8"
-                    shape = tuple(expected[i8_key].shape)
-                    if info.dtype == torch.int8:  # bitsandbytes: the int8 codes, row-major (out, in)
-                        check(info, i8_key, shape)
-                        place(i8_key, handle.read(ckey))
-                        continue
-                    check(info, key, shape[::-1] if layer in conv1d else shape, float_expected=True)
-                    dims = None
-                    if float_dims and layer in float_dims:  # checked by the swap: distinct, in range
-                        dims = torch.tensor(float_dims[layer], dtype=torch.int64).sort().values
-                    W_i8, s_w, W_S = _read_quantized(
-                        handle, ckey, layer in conv1d, f"weight of {layer}", scratch, dims, dtype
-                    )
-                    place(i8_key, W_i8)
-                    place(f"{layer}.weight_scale", s_w)
-                    if W_S is not None:
-                        place(f"{layer}.float_dims", dims)
-                        place(f"{layer}.float_weight", W_S)
-                    continue
-                if layer in int8_set and leaf == "SCB":  # bitsandbytes: row absmax of W
-                    scale_key = f"{layer}.weight_scale"
-                    check(info, scale_key, tuple(expected[scale_key].shape), float_expected=True)
-                    place(scale_key, handle.read(ckey).float() / INT8_MAX)
-                    continue
-                if layer in int8_set and leaf == "weight_format":
-                    fmt = handle.read(ckey).reshape(-1)
-                    if fmt.numel() != 1 or int(fmt[0]) != _BNB_ROW_FORMAT:
-                        raise CheckpointError(
-                            f"{info.path}: tensor {ckey!r}: bitsandbytes weight format {fmt.tolist()} is a "
-                            "GPU-specific tiled layout; only the row-major format (0) can be loaded"
-                        )
-                    continue
-                ref = expected[key]
-                check(info, key, tuple(ref.shape), float_expected=_is_float(ref.dtype))
-                if not _is_float(ref.dtype) and info.dtype != ref.dtype:
-                    raise CheckpointError(
-                        f"{info.path}: tensor {ckey!r} is {info.dtype} but the model expects {ref.dtype} for {key!r}"
-                    )
-                value = handle.read(ckey)
-                if value.dtype != ref.dtype:
-                    value = value.to(ref.dtype)  # weight_scale stays float32, the rest in `dtype`
-                place(key, value)
-            _malloc_trim()
+    def verify(self, folder, headers) -> None:
+        """Step 5: no checkpoint tensor left unplaced, no model tensor left missing (tied ones aside)."""
+        ignored = getattr(self.model, "_keys_to_ignore_on_load_unexpected", None) or []
+        ignore = [re.compile(p) for p in ignored]
+        unexpected = [k for k in self.unexpected if not any(p.search(k) for p in ignore)]
+        if unexpected:
+            files = sorted({str(headers[k].path) for k in unexpected if k in headers}) or [str(folder)]
+            raise CheckpointError(
+                f"{', '.join(files[:3])}: {len(unexpected)} checkpoint tensors match nothing in the model "
+                f"({type(self.config).__name__}): {unexpected[:10]}"
+            )
+        tied = dict(getattr(self.model, "all_tied_weights_keys", None) or {})
+        tied_names = set(tied) | set(tied.values())
+        missing = sorted(k for k in set(self.expected) - self.arrived if k not in tied_names)
+        if missing:
+            raise CheckpointError(
+                f"{folder}: {len(missing)} tensors the model needs are not in the checkpoint: {missing[:10]}"
+            )
 
-    ignore = [re.compile(p) for p in (getattr(hf_model, "_keys_to_ignore_on_load_unexpected", None) or [])]
-    unexpected = [k for k in unexpected if not any(p.search(k) for p in ignore)]
-    if unexpected:
-        files = sorted({str(headers[k].path) for k in unexpected if k in headers}) or [str(folder)]
-        raise CheckpointError(
-            f"{', '.join(files[:3])}: {len(unexpected)} checkpoint tensors match nothing in the model "
-            f"({type(config).__name__}): {unexpected[:10]}"
-        )
-    tied = dict(getattr(hf_model, "all_tied_weights_keys", None) or {})
-    tied_names = set(tied) | set(tied.values())
-    missing = sorted(k for k in set(expected) - arrived if k not in tied_names)
-    if missing:
-        raise CheckpointError(
-            f"{folder}: {len(missing)} tensors the model needs are not in the checkpoint: {missing[:10]}"
-        )
-    hf_model.tie_weights()
-    if device_map is None or set(device_map.values()) <= {"cpu"}:
-        still_meta = [n for n, t in [*hf_model.named_parameters(), *hf_model.named_buffers()] if t.is_meta]
-        if still_meta:
-            raise CheckpointError(f"{folder}: tensors left unloaded: {still_meta[:10]}")
 
-    _attach_config(hf_model, threshold, user_skip, kept, activation, float_dims)
-    if device_map:
-        hf_model.hf_device_map = device_map
-        hf_model = dispatch(hf_model, device_map, offload_folder, offload_index)
-    hf_model.eval()
-    _malloc_trim()
-    logger.info("loaded %s: %d int8 linear layers, %d kept in float", folder, len(to_int8), len(kept))
-    return hf_model
+def _through_transformers(
+    folder, auto_class, threshold, skip_modules, device_map, max_memory, dtype, activation, float_dims
+):
+    """A checkpoint transformers must convert (merge / split tensors) on load: its own loader, with
+    ``LLMInt8Config`` quantizing each weight as it is materialised."""
+    logger.info("%s needs transformers' weight conversions: loading it through transformers with LLMInt8Config", folder)
+    config = LLMInt8Config(
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        skip_modules=list(skip_modules or []) or None,
+        activation=DEFAULT_ACTIVATION if activation is None else activation,
+        float_dims={k: list(v) for k, v in float_dims.items()} if float_dims else None,
+    )
+    model = auto_class.from_pretrained(
+        folder, quantization_config=config, dtype=dtype, device_map=device_map, max_memory=max_memory
+    )
+    return model.eval()
 
 
 def _attach_config(model: nn.Module, threshold: float, user_skip, kept, activation: str, float_dims=None) -> None:

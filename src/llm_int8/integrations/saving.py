@@ -4,9 +4,10 @@ Both writers build the whole folder in a temporary sibling directory and ``renam
 at the end, so a crash, a full disk or Ctrl-C never leaves a half-written checkpoint at the target
 path (``rename`` within one filesystem is atomic on POSIX).
 
-* ``save_pretrained`` -- the llm_int8 format (``FORMAT_VERSION`` 1): per int8 layer ``weight_int8``
-  (out, in) int8, ``weight_scale`` (out,) float32 = row absmax / 127 and ``bias``; other tensors as
-  they are; ``config.json`` carries ``quantization_config = {"quant_method": "llm_int8", threshold,
+* ``save_pretrained`` -- the llm_int8 format (``FORMAT_VERSION`` 2): per int8 layer ``weight_int8``
+  (out, in) int8, ``weight_scale`` (out,) float32 = row absmax / 127, ``bias`` and an empty
+  placeholder ``weight`` that makes plain transformers refuse the folder (``hf_quantizer.PLACEHOLDER``);
+  other tensors as they are; ``config.json`` carries ``quantization_config = {"quant_method": "llm_int8", threshold,
   skip_modules, modules_to_not_convert, format_version}``. Loads back with
   ``llm_int8.from_pretrained`` or, once ``llm_int8`` is imported, ``AutoModelForCausalLM.from_pretrained``.
 * ``save_bitsandbytes`` -- the layout transformers + bitsandbytes write for 8-bit models: per int8

@@ -24,12 +24,15 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
-def automatic_skip_modules(model: nn.Module) -> list[str]:
+def automatic_skip_modules(model: nn.Module, output_layer: bool = True) -> list[str]:
     """Linear layers every conversion keeps in float: ``lm_head``, the output embedding (whatever
-    its name), any layer whose weight is tied to another module, and ``_keep_in_fp32_modules``."""
-    names = set(DEFAULT_SKIP_MODULES)
+    its name), any layer whose weight is tied to another module, and ``_keep_in_fp32_modules``.
+
+    ``output_layer=False`` leaves out the first two (bitsandbytes' ``llm_int8_skip_modules`` replaces
+    them); tied layers stay float regardless, since quantizing one would untie or quantize its twin."""
+    names = set(DEFAULT_SKIP_MODULES if output_layer else ())
     get_out = getattr(model, "get_output_embeddings", None)
-    out = get_out() if get_out is not None else None
+    out = get_out() if get_out is not None and output_layer else None
     owners: dict[int, list[str]] = {}
     for name, module in model.named_modules():
         if out is not None and module is out:
@@ -53,7 +56,7 @@ def int8_targets(model: nn.Module, skip_modules: Iterable[str]) -> tuple[list[st
 
     ``skip_modules`` holds exact names or ``.``-suffixes (``"lm_head"`` matches ``model.lm_head``).
     """
-    config = Int8Config(skip_modules=tuple(skip_modules) or DEFAULT_SKIP_MODULES)
+    config = Int8Config(skip_modules=tuple(skip_modules))
     to_int8, kept = [], []
     for name, module in model.named_modules():
         if isinstance(module, Int8Linear):

@@ -192,6 +192,13 @@ class Int8Linear(nn.Module):
             W[:, self.float_dims] = self.float_weight.float()
         return W.to(dtype)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """``dequantized_weight()`` in the bias' dtype (float32 without a bias): a new tensor, neither a
+        parameter nor saved, for code written against ``nn.Linear`` that reads ``.weight`` (peft's
+        device/dtype probes and DoRA's column norms). Read-only: the int8 codes are the state."""
+        return self.dequantized_weight(self.bias.dtype if self.bias is not None else torch.float32)
+
     def memory_bytes(self) -> int:
         """Bytes held by this layer: int8 weight, scales, float columns and bias."""
         tensors = (self._buffers["weight_int8"], self.weight_scale, self.float_dims, self.float_weight, self.bias)
