@@ -18,11 +18,13 @@ from llm_int8.ops import PackedWeightCache, _capability, cpu, int8_linear, int8_
 from llm_int8.ops.int8_linear import _quantize_activations
 from llm_int8.primitives import int8_linear_reference, int8_matmul_reference, outlier_columns, rowwise_quantize
 
-BACKENDS = [_capability.FBGEMM, _capability.ONEDNN, _capability.INT_MM, _capability.REFERENCE]
+BACKENDS = [_capability.ONEDNN_S8, _capability.FBGEMM, _capability.ONEDNN, _capability.INT_MM, _capability.REFERENCE]
 PACKING = [_capability.FBGEMM, _capability.ONEDNN]
 # what the torch build ships, not what the probes accept: a kernel that fails its self-test here
 # must fail these tests, not skip them
 _AVAILABLE = {
+    # except the no-split kernel: it is exact only with VNNI / AMX, and failing its self-test elsewhere is right
+    _capability.ONEDNN_S8: _capability.has_onednn_s8_linear,
     _capability.FBGEMM: lambda: "fbgemm" in torch.backends.quantized.supported_engines,
     _capability.ONEDNN: lambda: torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise"),
     _capability.INT_MM: _capability.has_int_mm,
@@ -166,6 +168,9 @@ def test_the_real_kernels_pass_their_self_test():
 
 
 def test_backend_order(monkeypatch):
+    monkeypatch.setattr(_capability, "has_onednn_s8_linear", lambda: True)
+    assert _capability.cpu_int8_backend() == _capability.ONEDNN_S8
+    monkeypatch.setattr(_capability, "has_onednn_s8_linear", lambda: False)
     monkeypatch.setattr(_capability, "has_fbgemm_linear", lambda: False)
     assert _capability.cpu_int8_backend() in (_capability.ONEDNN, _capability.INT_MM)
     monkeypatch.setattr(_capability, "has_onednn_linear", lambda: False)
