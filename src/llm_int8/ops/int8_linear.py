@@ -36,7 +36,7 @@ from . import weight_only
 from .int8_mm import int8_mm_float
 from .prepack import PackedWeight, PackedWeightCache
 
-__all__ = ["compute_weight_row_sums", "int8_linear"]
+__all__ = ["compute_weight_row_sums", "dequantized_weight", "int8_linear"]
 
 
 def _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation):
@@ -176,6 +176,25 @@ def _forward_2d(
     return C
 
 
+def dequantized_weight(
+    W_i8: torch.Tensor, s_w: torch.Tensor, float_columns: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The (N, K) float32 weight the layer multiplies by: ``W_i8 ⊙ s_w``, the float columns as stored."""
+    W = W_i8.float() * s_w.float()[:, None]
+    if float_columns is not None:
+        W[:, float_columns[0]] = float_columns[1].float()
+    return W
+
+
+def _needs_grad(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
+
+
 class _Int8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, X, W_i8, s_w, threshold, packed, activation, row_sums, float_columns):
@@ -189,9 +208,7 @@ class _Int8LinearFunction(torch.autograd.Function):
         W_i8, s_w = ctx.saved_tensors
         grad_X = None
         if ctx.needs_input_grad[0]:
-            W = W_i8.float() * s_w.float()[:, None]  # (N, K) dequantized
-            if ctx.float_columns is not None:
-                W[:, ctx.float_columns[0]] = ctx.float_columns[1].float()
+            W = dequantized_weight(W_i8, s_w, ctx.float_columns)  # (N, K)
             grad_X = (grad_C.float() @ W).to(ctx.x_dtype)
         return grad_X, None, None, None, None, None, None, None
 
@@ -206,7 +223,7 @@ def int8_linear(
     activation: str = "absmax",
     packed_weight: PackedWeight | PackedWeightCache | None = None,
     weight_row_sums: torch.Tensor | PackedWeightCache | None = None,
-    weight_only_max_tokens: int = 0,
+    weight_only_max_tokens: int | None = 0,
     float_columns: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """LLM.int8() linear layer: ``x`` (..., K) float -> (..., N) in ``x``'s dtype.
@@ -223,8 +240,11 @@ def int8_linear(
     never builds the packed copy of its weight or its row sums.
     ``weight_only_max_tokens``: inputs of at most this many rows (tokens) take the int8-weight,
     bf16-activation kernel of ``ops/weight_only.py`` where it is available (CPU, ``in_features`` a
-    multiple of 16) and no gradient is needed; 0 (the default here) never. ``Int8Linear`` passes the
-    measured crossover.
+    multiple of 16) and no gradient is needed; 0 (the default here) never; ``None``: the crossover
+    measured for this shape on this machine (``weight_only.auto_max_tokens``), which ``Int8Linear`` uses.
+
+    Under ``torch.compile`` the whole call is the custom op ``llm_int8::int8_linear``
+    (``ops/custom_op.py``): one graph node, the same numerics.
 
     NaN/Inf policy: a column of ``x`` that holds a non-finite value is always computed in float,
     so non-finite values propagate to exactly the outputs ``nn.Linear`` would make non-finite,
@@ -233,6 +253,16 @@ def int8_linear(
     """
     _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation)
     N, K = weight_int8.shape
+    if _compiling():
+        from .custom_op import OP  # registered with the ops package; imported here, it imports this module
+
+        if OP is not None:  # one opaque node for torch.compile: no graph break on the data-dependent steps
+            S, W_S = (None, None) if float_columns is None else float_columns
+            if _needs_grad(x, bias):  # as in eager: a differentiated call never takes the weight-only path
+                weight_only_max_tokens = 0
+            return OP(x, weight_int8, weight_scale, bias, float(threshold), activation, weight_only_max_tokens, S, W_S)
+    if weight_only_max_tokens is None:
+        weight_only_max_tokens = weight_only.auto_max_tokens(K, N)
     if float_columns is not None:
         float_columns = _check_float_columns(float_columns, N, K)
     lead = x.shape[:-1]
@@ -240,8 +270,7 @@ def int8_linear(
     if X.shape[0] == 0:
         out = x.new_zeros(*lead, N)
         return out if bias is None else out + bias.to(x.dtype)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
-    if X.shape[0] <= weight_only_max_tokens and not needs_grad and weight_only.available(x.device, K):
+    if X.shape[0] <= weight_only_max_tokens and not _needs_grad(x, bias) and weight_only.available(x.device, K):
         out = weight_only.int8_weight_only_linear(x, weight_int8, weight_scale, bias)
         if float_columns is not None:  # the codes of S are 0: add X_S W_S^T in float
             S, W_S = float_columns
