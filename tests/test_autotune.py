@@ -106,7 +106,7 @@ def test_decision_is_measured_once_and_cached_on_disk(tuning, monkeypatch):
     assert path.parent == tuning / "llm-int8" and path.is_file()
     saved = json.loads(path.read_text())
     assert saved["machine"] == autotune.machine_key()
-    assert saved["decisions"]["gemm:40x24:m4"]["choice"] == _capability.ONEDNN
+    assert saved["decisions"]["gemm:24x40:m4"]["choice"] == _capability.ONEDNN
     # a new process: nothing in memory, the file answers without timing
     autotune._memory.clear()
     autotune._memo.clear()
@@ -133,7 +133,7 @@ def test_unreadable_cache_file_is_ignored(tuning, monkeypatch):
     monkeypatch.setattr(autotune, "_race", lambda run, M: (M, {_capability.FBGEMM: 1.0, _capability.ONEDNN: 2.0}))
     monkeypatch.setattr(autotune, "_probe_layout", lambda N, K, kernel: None)
     assert autotune.cpu_gemm(8, 16, 1) == _capability.FBGEMM
-    assert json.loads(path.read_text())["decisions"]["gemm:8x16:m1"]["choice"] == _capability.FBGEMM
+    assert json.loads(path.read_text())["decisions"]["gemm:16x8:m1"]["choice"] == _capability.FBGEMM
 
 
 def test_real_race_on_a_small_shape_is_exact(tuning):
@@ -142,7 +142,7 @@ def test_real_race_on_a_small_shape_is_exact(tuning):
         pytest.skip(f"only {kernels} admitted on this CPU: nothing to choose between")
     choice = autotune.cpu_gemm(40, 64, 9)
     assert choice in kernels
-    decision = autotune.decisions()["gemm:40x64:m16"]
+    decision = autotune.decisions()["gemm:64x40:m16"]
     assert decision["choice"] == choice and set(decision["ms"]) == set(kernels)
     A, B = _codes(9, 64), _codes(40, 64)
     assert torch.equal(int8_mm(A, B), int8_matmul_reference(A, B))
@@ -152,7 +152,7 @@ def test_real_race_on_a_small_shape_is_exact(tuning):
 def test_weight_only_crossover_is_measured(tuning):
     limit = weight_only.auto_max_tokens(64, 48)
     assert limit in (0, 1, 2, 4, 8, 16)
-    decision = autotune.decisions()["weight_only:48x64"]
+    decision = autotune.decisions()["weight_only:64x48"]
     assert decision["max_tokens"] == limit
     # every bucket up to the limit was won by the weight-only kernel
     for m, times in decision["ms"].items():

@@ -12,7 +12,7 @@ import sys
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = ("demo", "generate", "evaluate", "quantize", "outliers")
+_COMMANDS = ("demo", "generate", "evaluate", "quantize", "outliers", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -190,7 +190,9 @@ def _write(path: Path, table: dict[str, dict]) -> None:
 
 
 def decisions() -> dict[str, dict]:
-    """A copy of every decision known for this machine key (measured here or read from the cache file)."""
+    """A copy of every decision known for this machine key (measured here or read from the cache file).
+
+    Keys: ``gemm:{in}x{out}:m{bucket}`` (the GEMM kernel) and ``weight_only:{in}x{out}`` (the crossover)."""
     with _lock:
         return {key: dict(value) for key, value in _table().items()}
 
@@ -288,7 +290,7 @@ def _measure_gemm(N: int, K: int, bucket: int, kernels: list[str]) -> dict:
     rows, times = _race(run, bucket)
     timed = {k: t for k, t in times.items() if t is not None}
     choice = min(timed, key=timed.get)
-    logger.info("int8 GEMM %dx%d, %d tokens (timed at %d): %s (%s)", N, K, bucket, rows, choice, _fmt(times))
+    logger.info("int8 GEMM %dx%d (in x out), %d tokens (timed at %d): %s (%s)", K, N, bucket, rows, choice, _fmt(times))
     ms = {k: None if t is None else round(t * 1e3, 4) for k, t in times.items()}
     return {"choice": choice, "timed_rows": rows, "timed_out_features": N, "ms": ms}
 
@@ -311,7 +313,7 @@ def cpu_gemm(N: int, K: int, M: int) -> str:
     memo_key = ("gemm", N, K, bucket, torch.get_num_threads())
     choice = _memo.get(memo_key)
     if choice is None:
-        choice = _decide(f"gemm:{N}x{K}:m{bucket}", lambda: _measure_gemm(N, K, bucket, kernels))["choice"]
+        choice = _decide(f"gemm:{K}x{N}:m{bucket}", lambda: _measure_gemm(N, K, bucket, kernels))["choice"]
         _memo[memo_key] = choice
     return choice
 
@@ -344,7 +346,7 @@ def _measure_weight_only(N: int, K: int, limit: int) -> dict:
             break
         max_tokens = m
         m *= 2
-    logger.info("weight-only crossover %dx%d: up to %d tokens (%s)", N, K, max_tokens, ms)
+    logger.info("weight-only crossover %dx%d (in x out): up to %d tokens (%s)", K, N, max_tokens, ms)
     return {"max_tokens": max_tokens, "ms": ms}
 
 
@@ -356,7 +358,7 @@ def weight_only_max_tokens(in_features: int, out_features: int) -> int:
     memo_key = ("weight_only", out_features, in_features, torch.get_num_threads())
     limit = _memo.get(memo_key)
     if limit is None:
-        key = f"weight_only:{out_features}x{in_features}"
+        key = f"weight_only:{in_features}x{out_features}"
         measure = lambda: _measure_weight_only(out_features, in_features, weight_only.AUTO_MAX_TOKENS)  # noqa: E731
         limit = _memo[memo_key] = _decide(key, measure)["max_tokens"]
     return limit
