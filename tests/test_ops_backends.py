@@ -307,3 +307,22 @@ def test_module_with_a_packed_weight_deepcopies_and_pickles(packing_backend):
 def test_cache_returns_none_where_nothing_is_packed(monkeypatch):
     monkeypatch.setattr(_capability, "cpu_int8_backend", lambda: _capability.REFERENCE)
     assert PackedWeightCache().get(_codes(4, 8)) is None
+
+
+def test_cached_outlier_columns_give_the_same_output(monkeypatch):
+    # the packed weight keeps recent outlier columns of W_i8; a changing outlier set, beyond the
+    # cache's size, must give what a gather per call gives
+    import importlib
+
+    impl = importlib.import_module("llm_int8.ops.int8_linear")  # the module; the package exports the function
+    monkeypatch.setattr(impl, "_MAX_CACHED_COLUMNS", 3)
+    W_i8, s_w, b = _layer(96, 40)
+    packed = prepack_int8_weight(W_i8)
+    if packed is None:
+        pytest.skip("no packed CPU kernel in this torch build")
+    for dims in ([5], [5, 17], [60, 2, 17], [1, 2, 3, 4], [17, 90]):
+        X = torch.randn(6, 96)
+        X[:, dims] = 30.0
+        Y = int8_linear(X, W_i8, s_w, b, 6.0, packed_weight=packed)
+        assert torch.equal(Y, int8_linear(X, W_i8, s_w, b, 6.0)), dims
+        assert len(packed.columns) <= 3

@@ -84,7 +84,7 @@ def _outlier_index(col_absmax: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def _split_outliers(X: torch.Tensor, threshold: float, static_idx: torch.Tensor | None = None):
-    """Step 1 and the row ranges for step 2, from four reductions over ``X`` (M, K) float32.
+    """Step 1 and the row ranges for step 2, from four reductions over ``X`` (M, K) float32, bf16 or fp16.
 
     Returns ``X_regular`` (``X`` with the columns in ``O`` and in ``static_idx`` zeroed; ``X``
     itself when both are empty), the indices of ``O`` outside ``static_idx``, and the per-row max
@@ -93,13 +93,21 @@ def _split_outliers(X: torch.Tensor, threshold: float, static_idx: torch.Tensor 
     than the reductions on torch 2.13 CPU); ``amax`` / ``amin`` propagate NaN, so a NaN column is an
     outlier. (``torch.aminmax`` is 15x slower than the two reductions there.)
     """
-    col_absmax = torch.maximum(X.amax(dim=0), X.amin(dim=0).neg())  # (K,)
+    # in X's own dtype: max and min are exact in any float format, and a bf16 X is read at 2 bytes a
+    # value rather than copied to float32 first (the reductions' (K,) and (M,) results are widened)
+    col_absmax = torch.maximum(X.amax(dim=0), X.amin(dim=0).neg()).float()  # (K,)
     if static_idx is not None and static_idx.numel():
         col_absmax[static_idx] = 0.0  # in the float part anyway, with their float weight columns
     outlier_idx = _outlier_index(col_absmax, threshold)
     float_idx = outlier_idx if static_idx is None else torch.cat([outlier_idx, static_idx])
     X_regular = X.index_fill(1, float_idx, 0) if float_idx.numel() else X  # (M, K)
-    return X_regular, outlier_idx, X_regular.amax(dim=1), X_regular.amin(dim=1)
+    return X_regular, outlier_idx, X_regular.amax(dim=1).float(), X_regular.amin(dim=1).float()
+
+
+def _as_compute_dtype(X: torch.Tensor) -> torch.Tensor:
+    # 16-bit floats widen exactly inside the float32 arithmetic that reads them; anything else
+    # (float64) is rounded to float32 first, as the quantizers of primitives/quantize.py do
+    return X if X.dtype in (torch.float32, torch.bfloat16, torch.float16) else X.float()
 
 
 def _quantize_activations(
@@ -112,11 +120,13 @@ def _quantize_activations(
     Returns the codes ``X_i8`` (M, K) as float32 integers in [-127, 127] (zero in ``O``; the CPU
     kernels read them in that form), ``s_x`` (M,) float32 and the indices of ``O``.
     """
-    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold, static_idx)
+    X_regular, outlier_idx, row_max, row_min = _split_outliers(_as_compute_dtype(X), threshold, static_idx)
     absmax = torch.maximum(row_max, row_min.neg())  # (M,)
     # 127 / absmax; an all-zero row gets codes 0 and s_x 0 (rowwise_quantize gets the same codes
     # from 0 * inf = NaN cast to int8, which is 0 on CPU, but explicitly is better)
     inv_step = torch.where(absmax > 0, INT8_MAX / absmax, 0.0)  # (M,)
+    # a bf16/fp16 X_regular times float32 steps is computed and returned in float32 (type promotion):
+    # the same products as X.float() * inv_step, without the float32 copy of X
     X_codes = (X_regular * inv_step[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)  # half to even
     if torch.isinf(inv_step).any():
         # absmax < 127 / float32 max: nonzero entries became +-inf -> +-127 (as in rowwise_quantize),
@@ -134,7 +144,7 @@ def _quantize_activations_zeropoint(
     float32 integers in [-127, 127] (``zp_x`` in ``O``), ``s_x`` (M,), ``zp_x`` (M,) float32 and the
     indices of ``O``.
     """
-    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold, static_idx)
+    X_regular, outlier_idx, row_max, row_min = _split_outliers(_as_compute_dtype(X), threshold, static_idx)
     nd, zp = zeropoint_params(row_max, row_min)  # (M,) each: codes per unit, zero point
     X_codes = (X_regular * nd[:, None]).add_(zp[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)
     return X_codes, 1.0 / nd, zp, outlier_idx
@@ -143,6 +153,27 @@ def _quantize_activations_zeropoint(
 def compute_weight_row_sums(weight_int8: torch.Tensor) -> torch.Tensor:
     """``r_w = Σ_k W_i8[:, k]`` (N,) as float32 (exact below 2**24 / 127 = 132k input features)."""
     return weight_int8.sum(dim=1, dtype=torch.float32)
+
+
+_MAX_CACHED_COLUMNS = 64  # per weight: N bytes each (256 KiB for N = 4096), far more dims than α = 6 finds
+
+
+def _outlier_columns(W_i8: torch.Tensor, idx: torch.Tensor, packed: PackedWeight | None) -> torch.Tensor:
+    """``W_i8[:, O]`` (N, |O|) int8, from the packed weight's cache of recent outlier columns where there is one."""
+    cache = getattr(packed, "columns", None)
+    if cache is None or idx.numel() > _MAX_CACHED_COLUMNS:
+        # gather: 1.5-3x faster than index_select on dim 1 for a (N, K) int8 weight (torch 2.13 CPU)
+        return W_i8.gather(1, idx.expand(W_i8.shape[0], -1))
+    dims = idx.tolist()
+    missing = [k for k in dims if k not in cache]
+    if missing:
+        excess = len(cache) + len(missing) - _MAX_CACHED_COLUMNS
+        if excess > 0:  # drop the oldest columns this call does not use
+            for k in [k for k in cache if k not in dims][:excess]:
+                del cache[k]
+        gathered = W_i8.gather(1, torch.tensor(missing).expand(W_i8.shape[0], -1)).T  # (|missing|, N)
+        cache.update(zip(missing, gathered.contiguous().unbind(0), strict=True))
+    return torch.stack([cache[k] for k in dims], dim=1)  # (N, |O|)
 
 
 def _forward_2d(
@@ -168,8 +199,7 @@ def _forward_2d(
     C.mul_(s_x[:, None]).mul_(s_w.float()[None, :])  # (s_x ⊗ s_w) · C_i32
     if outlier_idx.numel():
         X_O = X.index_select(1, outlier_idx).float()  # (M, |O|)
-        # gather: 1.5-3x faster than index_select on dim 1 for a (N, K) int8 weight (torch 2.13 CPU)
-        W_O = W_i8.gather(1, outlier_idx.expand(W_i8.shape[0], -1)).float() * s_w.float()[:, None]  # (N, |O|)
+        W_O = _outlier_columns(W_i8, outlier_idx, packed).float() * s_w.float()[:, None]  # (N, |O|)
         C.addmm_(X_O, W_O.T)
     if static_idx is not None and static_idx.numel():
         C.addmm_(X.index_select(1, static_idx).float(), float_columns[1].float().T)  # X_S W_S^T
