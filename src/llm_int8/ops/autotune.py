@@ -352,12 +352,13 @@ def _measure_weight_only(N: int, K: int, limit: int) -> dict:
 
 def weight_only_max_tokens(in_features: int, out_features: int) -> int:
     """Up to how many tokens an (in, out) CPU layer takes the weight-only kernel: measured, or the fixed rule."""
-    fixed = weight_only.fixed_max_tokens(in_features, out_features)
-    if not enabled() or _forced() is not None or not weight_only.available(torch.device("cpu"), in_features):
-        return fixed
+    if not enabled() or _forced() is not None:
+        return weight_only.fixed_max_tokens(in_features, out_features)
     memo_key = ("weight_only", out_features, in_features, torch.get_num_threads())
-    limit = _memo.get(memo_key)
+    limit = _memo.get(memo_key)  # every forward asks: the common case ends here
     if limit is None:
+        if not weight_only.available(torch.device("cpu"), in_features):
+            return weight_only.fixed_max_tokens(in_features, out_features)
         key = f"weight_only:{in_features}x{out_features}"
         measure = lambda: _measure_weight_only(out_features, in_features, weight_only.AUTO_MAX_TOKENS)  # noqa: E731
         limit = _memo[memo_key] = _decide(key, measure)["max_tokens"]
