@@ -15,6 +15,7 @@ from . import cpu
 
 __all__ = [
     "FBGEMM",
+    "FBGEMM_PAIRS",
     "INT_MM",
     "ONEDNN",
     "ONEDNN_S8",
@@ -22,6 +23,7 @@ __all__ = [
     "admitted_cpu_kernels",
     "cpu_int8_backend",
     "has_fbgemm_linear",
+    "has_fbgemm_pairs_linear",
     "has_int_mm",
     "has_int_mm_cpu",
     "has_onednn_linear",
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 FBGEMM = cpu.FBGEMM
 """fbgemm's u8 x s8 GEMM behind ``quantized::linear_dynamic`` on sign-split 7-bit codes (``cpu.py``)."""
+FBGEMM_PAIRS = cpu.FBGEMM_PAIRS
+"""fbgemm's u8 x s8 GEMM on full 8-bit codes, no split, on a pair-bounded weight plus a sparse fix (``cpu.py``)."""
 ONEDNN = cpu.ONEDNN
 """oneDNN's u8 x s8 GEMM behind ``onednn::qlinear_pointwise``, same split; slow below ~32 rows."""
 ONEDNN_S8 = cpu.ONEDNN_S8
@@ -73,6 +77,15 @@ def has_fbgemm_linear() -> bool:
     if torch.backends.quantized.engine not in ("x86", "fbgemm"):
         return False  # qnnpack (ARM) ignores reduce_range, so the unit scale of cpu.py would not hold
     return _self_test(FBGEMM)
+
+
+@functools.cache
+def has_fbgemm_pairs_linear() -> bool:
+    """fbgemm's 8-bit dynamic linear is exact here on pair-bounded weights (the self-test's weights of
+    +-127 everywhere become pairs (127, 1) exactly at the bound, times u8 activations of 255 and 1)."""
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        return False
+    return _self_test(FBGEMM_PAIRS)
 
 
 @functools.cache
@@ -125,6 +138,7 @@ def admitted_cpu_kernels() -> list[str]:
     not among them (float64, always exact, only ever the fallback)."""
     probes = {
         ONEDNN_S8: has_onednn_s8_linear,
+        FBGEMM_PAIRS: has_fbgemm_pairs_linear,
         FBGEMM: has_fbgemm_linear,
         ONEDNN: has_onednn_linear,
         INT_MM: has_int_mm_cpu,
@@ -134,9 +148,12 @@ def admitted_cpu_kernels() -> list[str]:
 
 def cpu_int8_backend() -> str:
     """The integer GEMM for CPU tensors when nothing is measured: ``ONEDNN_S8`` (VNNI / AMX: no
-    split, half the work), ``FBGEMM``, ``ONEDNN``, ``INT_MM``, ``REFERENCE``, the first admitted."""
+    split, half the work), ``FBGEMM_PAIRS`` (no split on AVX2), ``FBGEMM``, ``ONEDNN``, ``INT_MM``,
+    ``REFERENCE``, the first admitted."""
     if has_onednn_s8_linear():
         return ONEDNN_S8
+    if has_fbgemm_pairs_linear():
+        return FBGEMM_PAIRS
     if has_fbgemm_linear():
         return FBGEMM
     if has_onednn_linear():

@@ -55,7 +55,7 @@ def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWeight | No
         return cuda.int_mm_padded(A_i8, B_i8)
     if device.type == "cpu":
         backend = autotune.cpu_gemm(N, A_i8.shape[1], M)
-        if backend == _capability.ONEDNN_S8:
+        if backend in (_capability.ONEDNN_S8, _capability.FBGEMM_PAIRS):  # no split: -128 is fine
             return cpu.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
         # the sign split needs codes in [-127, 127]; LLM.int8()'s quantizers never produce -128
         if backend in (_capability.FBGEMM, _capability.ONEDNN) and not (A_i8 == -128).any():
