@@ -136,8 +136,8 @@ def _candidates(modules: dict, packed: cpu.CpuInt8Weight, X: torch.Tensor, codes
     }
     if "bnb" in modules:
         fns["bnb"] = lambda: modules["bnb"](X)
-    if packed.kernel == cpu.FBGEMM:
-        fns["gemm_saturating"] = _saturating_gemm(packed, codes)
+    if _capability.FBGEMM in _capability.admitted_cpu_kernels():  # the raw weight in fbgemm's layout
+        fns["gemm_saturating"] = _saturating_gemm(packed.for_kernel(cpu.FBGEMM, int8_layer.weight_int8), codes)
     if X.shape[0] <= W8_MAX_TOKENS and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         scales = int8_layer.weight_scale.to(torch.bfloat16)
         fns["w8_bf16"] = lambda: torch.ops.aten._weight_int8pack_mm(X_bf16, int8_layer.weight_int8, scales)
