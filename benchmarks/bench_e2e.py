@@ -20,7 +20,14 @@ swapped by hand for ``bnb.nn.Linear8bitLt(has_fp16_weights=False, threshold=6.0)
 (the paper's LLM.int8(): absmax activations, α = 6, the int8 x int8 product for every step),
 ``llm_int8_calibrated`` and ``llm_int8_precise`` (the ``eval`` methods of those names: the default
 plus the outlier dims calibrated on ``CALIBRATION_TEXT`` kept in float, and that at α = 3 with the
-value projections in float; the calibration pass is not timed).
+value projections in float; the calibration pass is not timed), ``llm_int8_bf16`` (the bf16 model,
+``model.to(bfloat16)``, then ``quantize_model``: bf16 activations in and out of every layer; compare
+it with ``bf16``), ``llm_int8_compiled`` (``llm_int8`` under ``torch.compile`` with Inductor: each
+``Int8Linear`` is one ``llm_int8::int8_linear`` node; compilation happens in the untimed warm-up;
+prefill only, since every decode step has a new KV length to compile for).
+
+Kernel choices are measured at first use (``ops/autotune.py``) inside the untimed warm-up, and
+cached on disk for the later variants.
 """
 
 from __future__ import annotations
@@ -36,7 +43,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, markdown_table, median, write_csv, write_text  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "bnb", "llm_int8", "llm_int8_paper", "llm_int8_calibrated", "llm_int8_precise")
+VARIANTS = (
+    "fp32",
+    "bf16",
+    "bnb",
+    "llm_int8",
+    "llm_int8_bf16",
+    "llm_int8_compiled",
+    "llm_int8_paper",
+    "llm_int8_calibrated",
+    "llm_int8_precise",
+)
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 32
 
@@ -92,8 +109,10 @@ def run_variant(variant: str, args) -> dict:
         model.to(torch.bfloat16)
     elif variant == "bnb":
         _swap_bnb(model)
-    elif variant == "llm_int8":
+    elif variant in ("llm_int8", "llm_int8_compiled"):
         llm_int8.quantize_model(model)
+    elif variant == "llm_int8_bf16":
+        llm_int8.quantize_model(model.to(torch.bfloat16))
     elif variant in ("llm_int8_calibrated", "llm_int8_precise"):
         from llm_int8.analysis import calibrate_outlier_dims, calibration_ids
         from llm_int8.evaluation import METHODS
@@ -108,6 +127,8 @@ def run_variant(variant: str, args) -> dict:
             if isinstance(module, llm_int8.Int8Linear):
                 module.weight_only_max_tokens = 0
     model.eval()
+    if variant.endswith("_compiled"):
+        model = torch.compile(model)
     state_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     ids = tokenize_text(tokenizer, read_text(args.text), max_tokens=args.prefill + PROMPT_TOKENS)
     prefill_ids = ids[: args.prefill][None]  # (1, prefill)
@@ -122,7 +143,7 @@ def run_variant(variant: str, args) -> dict:
             model(prefill_ids, use_cache=False)
             prefill_times.append(now() - start)
         decode_times, generated = [], []
-        for _ in range(args.repeats + 1):
+        for _ in range(0 if variant.endswith("_compiled") else args.repeats + 1):
             out = model(prompt_ids, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
             generated = [token.item()]
@@ -133,15 +154,17 @@ def run_variant(variant: str, args) -> dict:
                 generated.append(token.item())
             decode_times.append(now() - start)
     peak_kib = _status_kib("VmHWM")
-    prefill_s, decode_s = median(prefill_times[1:]), median(decode_times[1:])
+    prefill_s = median(prefill_times[1:])
+    decode_s = median(decode_times[1:]) if decode_times else None
     return {
         "variant": variant,
         "prefill_tokens": args.prefill,
         "prefill_ms": round(prefill_s * 1e3, 2),
         "prefill_tok_per_s": round(args.prefill / prefill_s, 1),
         "decode_steps": args.decode - 1,
-        "decode_ms_per_token": round(decode_s / (args.decode - 1) * 1e3, 3),
-        "decode_tok_per_s": round((args.decode - 1) / decode_s, 2),
+        "decode_ms_per_token": round(decode_s / (args.decode - 1) * 1e3, 3) if decode_s else "",
+        "decode_tok_per_s": round((args.decode - 1) / decode_s, 2) if decode_s else "",
+        "prefill_runs_ms": [round(t * 1e3, 1) for t in prefill_times],
         "state_MiB": round(state_bytes / 2**20, 1),
         "rss_after_load_MiB": round(rss_kib / 1024, 1),
         "peak_rss_inference_MiB": round(peak_kib / 1024, 1) if peak_reset else "",
@@ -195,19 +218,31 @@ def main(argv=None) -> None:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"  {result}", flush=True)
         results.append(result)
+    info["loadavg_1min_end"] = f"{os.getloadavg()[0]:.2f}"
+    from llm_int8.ops import autotune
+
+    info["kernel choice"] = f"{'measured' if autotune.enabled() else 'fixed'}; cache {autotune.cache_path()}"
     reference = next((r["generated"] for r in results if r["variant"] == "fp32"), None)
     for r in results:
-        same = sum(a == b for a, b in zip(r.pop("generated"), reference or [], strict=False))
+        generated = r.pop("generated")
+        same = sum(a == b for a, b in zip(generated, reference or [], strict=False))
         # position by position: one early different token shifts the rest
-        r["greedy_tokens_equal_fp32"] = f"{same}/{args.decode}" if reference else ""
+        r["greedy_tokens_equal_fp32"] = f"{same}/{args.decode}" if reference and generated else "-"
     base = next((r for r in results if r["variant"] == "fp32"), None)
+    bf16 = next((r for r in results if r["variant"] == "bf16"), None)
+
+    def ratio(r, ref, key):
+        return f"{float(r[key]) / float(ref[key]):.2f}x" if ref and r[key] != "" and ref[key] != "" else "-"
+
     write_csv(args.out / "e2e.csv", results)
     header = [
         "variant",
         "prefill tok/s",
         "vs fp32",
+        "vs bf16",
         "decode tok/s",
         "vs fp32",
+        "vs bf16",
         "weights+buffers MiB",
         "RSS after load MiB",
         "peak RSS in inference MiB",
@@ -217,9 +252,11 @@ def main(argv=None) -> None:
         [
             r["variant"],
             f"{r['prefill_tok_per_s']:.0f}",
-            f"{r['prefill_tok_per_s'] / base['prefill_tok_per_s']:.2f}x" if base else "-",
-            f"{r['decode_tok_per_s']:.1f}",
-            f"{r['decode_tok_per_s'] / base['decode_tok_per_s']:.2f}x" if base else "-",
+            ratio(r, base, "prefill_tok_per_s"),
+            ratio(r, bf16, "prefill_tok_per_s"),
+            f"{r['decode_tok_per_s']:.1f}" if r["decode_tok_per_s"] != "" else "-",
+            ratio(r, base, "decode_tok_per_s"),
+            ratio(r, bf16, "decode_tok_per_s"),
             f"{r['state_MiB']:.0f}",
             f"{r['rss_after_load_MiB']:.0f}",
             f"{r['peak_rss_inference_MiB']:.0f}" if r["peak_rss_inference_MiB"] != "" else "n/a",
@@ -254,7 +291,7 @@ def _plot(results: list[dict], path: Path) -> None:
         (axes[1], "decode_tok_per_s", "decode tokens/s"),
         (axes[2], "state_MiB", "weights + buffers (MiB)"),
     ):
-        ax.bar(names, [float(r[key]) for r in results], color=["#888", "#b77", "#77b", "#4a4"][: len(names)])
+        ax.bar(names, [float(r[key] or 0) for r in results])
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle("SmolLM2-135M, CPU", fontsize=10)

@@ -14,13 +14,20 @@ Candidates:
 * ``fp32``, ``bf16``: ``nn.Linear`` in that dtype.
 * ``bnb``: bitsandbytes ``Linear8bitLt(has_fp16_weights=False, threshold=6.0)`` quantized by ``.to("cpu")``.
 * ``llm_int8``: ``llm_int8.Int8Linear`` with the library's defaults (zeropoint activations, α = 6),
-  fp32 in and out: the exact int8 GEMM, or for M <= ``weight_only.auto_max_tokens(K, N)`` the
-  int8-weight bf16-activation path (``ops/weight_only.py``). What a user gets.
+  fp32 in and out: the exact int8 GEMM the machine measured fastest for the shape and token bucket
+  (``ops/autotune.py``; decided in an untimed call before the timing), or for M up to the measured
+  crossover ``weight_only.auto_max_tokens(K, N)`` the int8-weight bf16-activation path
+  (``ops/weight_only.py``). What a user gets.
+* ``llm_int8_bf16``: the same layer on bf16 activations (bf16 in and out), as a bf16 model
+  converted by ``quantize_model`` runs it; its ratio is taken against ``bf16``.
 * ``llm_int8_int8path``: the same layer with the weight-only path off (``weight_only_max_tokens=0``):
   LLM.int8()'s int8 x int8 product at every M (its crossover with the weight-only path sets
   ``AUTO_MAX_TOKENS``).
 * ``llm_int8_absmax``: the paper's LLM.int8() exactly (absmax activations, int8 path at every M).
-* ``gemm_exact``: the int8 GEMM of ``llm_int8`` alone on codes (the ceiling for ``llm_int8``).
+* ``gemm_<kernel>``: each exact int8 GEMM admitted on this CPU (``_capability.admitted_cpu_kernels``:
+  fbgemm / oneDNN sign split, oneDNN s8 without split where VNNI/AMX make it exact, ``torch._int_mm``)
+  alone on the codes; ``gemm_exact`` in the table is the fastest of them in this run (the ceiling
+  for ``llm_int8``'s int8 path).
 * ``gemm_saturating``: the same kernel on M rows of 8-bit codes, which saturates on AVX2 and is NOT
   exact: the hardware's int8 speed if exactness were free (shown for reference only).
 * ``w8_bf16``: ``aten._weight_int8pack_mm``, int8 weight with bf16 activations (weight-only; not
@@ -46,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
 
 from llm_int8 import Int8Linear  # noqa: E402
-from llm_int8.ops import _capability, cpu, weight_only  # noqa: E402
+from llm_int8.ops import _capability, autotune, cpu  # noqa: E402
 from llm_int8.ops.int8_linear import _quantize_activations  # noqa: E402
 
 SHAPES = {  # name: (in_features K, out_features N)
@@ -58,12 +65,14 @@ SHAPES = {  # name: (in_features K, out_features N)
 }
 TOKENS = (1, 16, 128, 512, 2048)
 OUTLIER_DIMS = 6
+GEMMS = tuple(f"gemm_{kernel}" for kernel in _capability.admitted_cpu_kernels())
 CANDIDATES = (
     "fp32",
     "bf16",
     "bnb",
     "llm_int8",
-    "gemm_exact",
+    "llm_int8_bf16",
+    *GEMMS,
     "gemm_saturating",
     "w8_bf16",
     "llm_int8_int8path",
@@ -105,6 +114,14 @@ def _bf16(linear: nn.Linear) -> nn.Linear:
     return layer
 
 
+def _gemm(kernel: str, packed: cpu.CpuInt8Weight, W_i8: torch.Tensor, codes: torch.Tensor):
+    if kernel == _capability.INT_MM:
+        A_i8 = codes.to(torch.int8)
+        return lambda: torch._int_mm(A_i8, W_i8.T)
+    layout = packed.for_kernel(kernel, W_i8)
+    return lambda: cpu.int8_mm_float(codes, W_i8, layout)
+
+
 def _candidates(modules: dict, packed: cpu.CpuInt8Weight, X: torch.Tensor, codes: torch.Tensor) -> dict:
     X_bf16 = X.to(torch.bfloat16)
     int8_layer = modules["llm_int8"]
@@ -112,14 +129,15 @@ def _candidates(modules: dict, packed: cpu.CpuInt8Weight, X: torch.Tensor, codes
         "fp32": lambda: modules["fp32"](X),
         "bf16": lambda: modules["bf16"](X_bf16),
         "llm_int8": lambda: int8_layer(X),
-        "gemm_exact": lambda: cpu.int8_mm_float(codes, int8_layer.weight_int8, packed),
+        "llm_int8_bf16": lambda: modules["llm_int8_bf16"](X_bf16),
+        **{f"gemm_{k}": _gemm(k, packed, int8_layer.weight_int8, codes) for k in _capability.admitted_cpu_kernels()},
         "llm_int8_int8path": lambda: modules["llm_int8_int8path"](X),
         "llm_int8_absmax": lambda: modules["llm_int8_absmax"](X),
     }
     if "bnb" in modules:
         fns["bnb"] = lambda: modules["bnb"](X)
-    if packed.kernel == cpu.FBGEMM:
-        fns["gemm_saturating"] = _saturating_gemm(packed, codes)
+    if _capability.FBGEMM in _capability.admitted_cpu_kernels():  # the raw weight in fbgemm's layout
+        fns["gemm_saturating"] = _saturating_gemm(packed.for_kernel(cpu.FBGEMM, int8_layer.weight_int8), codes)
     if X.shape[0] <= W8_MAX_TOKENS and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         scales = int8_layer.weight_scale.to(torch.bfloat16)
         fns["w8_bf16"] = lambda: torch.ops.aten._weight_int8pack_mm(X_bf16, int8_layer.weight_int8, scales)
@@ -137,6 +155,7 @@ def run_shape(name: str, K: int, N: int, tokens, args, rows: list[dict]) -> None
         "fp32": linear,
         "bf16": _bf16(linear),
         "llm_int8": int8_layer,
+        "llm_int8_bf16": Int8Linear.from_linear(_bf16(linear), threshold=6.0),
         "llm_int8_int8path": Int8Linear.from_linear(linear, threshold=6.0, weight_only_max_tokens=0),
         "llm_int8_absmax": Int8Linear.from_linear(linear, threshold=6.0, activation="absmax", weight_only_max_tokens=0),
     }
@@ -150,6 +169,9 @@ def run_shape(name: str, K: int, N: int, tokens, args, rows: list[dict]) -> None
         codes = _quantize_activations(X, 6.0)[0]  # (M, K) float codes, as llm_int8 feeds the GEMM
         fns = _candidates(modules, packed, X, codes)
         fns = {k: f for k, f in fns.items() if k not in skipped}
+        with torch.no_grad():  # kernel choices (timed once per shape and bucket, then cached) before the timing
+            for key in ("llm_int8", "llm_int8_bf16"):
+                fns[key]()
         rounds = args.rounds if K * N * M < 2**31 else max(2, args.rounds // 2)
         with torch.no_grad():
             times = time_interleaved(fns, rounds=rounds, budget_s=args.cell_budget, clock=args.clock)
@@ -185,6 +207,15 @@ def _ratio(num: str, den: str) -> str:
     return f"{float(num) / float(den):.2f}x" if num and den else "-"
 
 
+def _fastest_gemm(cell: dict) -> tuple[str, str]:
+    """(kernel, median ms) of the fastest exact int8 GEMM that ran in this cell."""
+    timed = [(float(cell[g]["median_ms"]), g) for g in GEMMS if cell.get(g, {}).get("median_ms")]
+    if not timed:
+        return "-", ""
+    ms, name = min(timed)
+    return name.removeprefix("gemm_"), f"{ms:.3f}"
+
+
 def markdown(rows: list[dict], info: dict, command: str) -> str:
     by_cell: dict[tuple, dict] = {}
     for r in rows:
@@ -196,49 +227,60 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         "bf16 ms",
         "bnb ms",
         "llm-int8 ms",
-        "int8 GEMM exact ms",
+        "llm-int8 bf16-in ms",
+        "fastest exact int8 GEMM ms",
         "u8s8 saturating ms",
         "w8 bf16 ms",
         "int8 path ms",
         "paper absmax ms",
         "vs fp32",
-        "vs bf16",
+        "bf16-in vs bf16",
         "vs bnb",
+        "llm-int8 / fastest GEMM",
         "GEMM ceiling vs fp32",
     ]
     table = []
     for (shape, M), cell in by_cell.items():
 
         def ms(c, cell=cell):
-            v = cell.get(c, {}).get("median_ms", "")
-            return v
+            return cell.get(c, {}).get("median_ms", "")
+
+        def fmt(c, missing="skipped"):
+            return f"{float(ms(c)):.2f}" if ms(c) else missing
 
         K, N = cell["fp32"]["in_features"], cell["fp32"]["out_features"]
+        kernel, gemm_ms = _fastest_gemm(cell)
         table.append(
             [
                 f"{shape} ({K}x{N})",
                 str(M),
-                *[(f"{float(ms(c)):.2f}" if ms(c) else "skipped") for c in CANDIDATES[:5]],
-                f"{float(ms('gemm_saturating')):.2f}" if ms("gemm_saturating") else "-",
-                f"{float(ms('w8_bf16')):.2f}" if ms("w8_bf16") else "-",
-                f"{float(ms('llm_int8_int8path')):.2f}" if ms("llm_int8_int8path") else "skipped",
-                f"{float(ms('llm_int8_absmax')):.2f}" if ms("llm_int8_absmax") else "skipped",
+                *[fmt(c) for c in ("fp32", "bf16", "bnb", "llm_int8", "llm_int8_bf16")],
+                f"{float(gemm_ms):.2f} ({kernel})" if gemm_ms else "-",
+                fmt("gemm_saturating", "-"),
+                fmt("w8_bf16", "-"),
+                fmt("llm_int8_int8path"),
+                fmt("llm_int8_absmax"),
                 _ratio(ms("fp32"), ms("llm_int8")),
-                _ratio(ms("bf16"), ms("llm_int8")),
+                _ratio(ms("bf16"), ms("llm_int8_bf16")),
                 _ratio(ms("bnb"), ms("llm_int8")),
-                _ratio(ms("fp32"), ms("gemm_exact")),
+                _ratio(ms("llm_int8"), gemm_ms),
+                _ratio(ms("fp32"), gemm_ms),
             ]
         )
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    decisions = "\n".join(f"- `{k}`: {v}" for k, v in sorted(autotune.decisions().items()))
     return (
         "# Layer benchmark (CPU)\n\n"
         f"Command: `{command}`\n\n{machine}\n\n"
         "Median time per call (see clock above); ratios are speedups of llm-int8 with its defaults "
-        "(time of the peer / time of llm-int8). `llm-int8` takes the weight-only path up to "
-        f"min({weight_only.AUTO_MAX_TOKENS}, {weight_only.AUTO_MAX_MACS} / (K N)) tokens; `int8 path` is the "
+        "(time of the peer / time of llm-int8), except `llm-int8 / fastest GEMM` (how far the whole layer "
+        "is from the fastest exact raw int8 GEMM on the same codes; 1.00x = no overhead). `llm-int8` takes "
+        "the weight-only path up to the crossover measured for the shape; `int8 path` is the "
         "same layer on LLM.int8()'s int8 x int8 "
         "product at every M; `paper absmax` is the paper's LLM.int8() (absmax activations).\n\n"
         + markdown_table(header, table)
+        + "\n\nKernel choices measured by `ops/autotune.py` in this run (ms per call at the timed rows):\n\n"
+        + (decisions or "- none (timing off)")
         + "\n"
     )
 
@@ -261,7 +303,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ("bnb", "^--"),
             ("llm_int8", "o-"),
             ("llm_int8_int8path", "d-."),
-            ("gemm_exact", "x:"),
+            *((g, "x:") for g in GEMMS[:1]),
         ):
             pts = [(M, c["fp32"] / c[cand]) for M, c in sorted(cells.items()) if cand in c and "fp32" in c]
             if pts:
@@ -302,7 +344,10 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", module="bitsandbytes")
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    info["llm_int8 CPU backend"] = _capability.cpu_int8_backend()
+    info["llm_int8 admitted int8 GEMMs"] = ", ".join(_capability.admitted_cpu_kernels())
+    info["kernel choice"] = "measured" if autotune.enabled() else f"fixed ({_capability.cpu_int8_backend()})"
+    info["autotune cache"] = str(autotune.cache_path())
+    info["loadavg_1min_start"] = f"{__import__('os').getloadavg()[0]:.2f}"
     info["clock"] = f"{args.clock} ({'thread CPU time' if args.clock == 'cpu' else 'wall time'})"
     print("machine:", info, flush=True)
     start = time.perf_counter()

@@ -13,6 +13,10 @@ import torch
 # before any test module is imported. Nothing else in the suite runs Triton code.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# kernels chosen by the fixed order, not by timing: results and dispatch must not depend on the load
+# of the machine (tests of ops/autotune.py turn it back on, with their own cache directory)
+os.environ["LLM_INT8_AUTOTUNE"] = "0"
+os.environ.pop("LLM_INT8_CPU_BACKEND", None)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LLM_INT8_DATA", REPO.parent / "shared" / "data"))

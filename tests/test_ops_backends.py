@@ -18,11 +18,21 @@ from llm_int8.ops import PackedWeightCache, _capability, cpu, int8_linear, int8_
 from llm_int8.ops.int8_linear import _quantize_activations
 from llm_int8.primitives import int8_linear_reference, int8_matmul_reference, outlier_columns, rowwise_quantize
 
-BACKENDS = [_capability.FBGEMM, _capability.ONEDNN, _capability.INT_MM, _capability.REFERENCE]
-PACKING = [_capability.FBGEMM, _capability.ONEDNN]
+BACKENDS = [
+    _capability.ONEDNN_S8,
+    _capability.FBGEMM_PAIRS,
+    _capability.FBGEMM,
+    _capability.ONEDNN,
+    _capability.INT_MM,
+    _capability.REFERENCE,
+]
+PACKING = [_capability.FBGEMM_PAIRS, _capability.FBGEMM, _capability.ONEDNN]
 # what the torch build ships, not what the probes accept: a kernel that fails its self-test here
 # must fail these tests, not skip them
 _AVAILABLE = {
+    # except the no-split kernel: it is exact only with VNNI / AMX, and failing its self-test elsewhere is right
+    _capability.ONEDNN_S8: _capability.has_onednn_s8_linear,
+    _capability.FBGEMM_PAIRS: lambda: "fbgemm" in torch.backends.quantized.supported_engines,
     _capability.FBGEMM: lambda: "fbgemm" in torch.backends.quantized.supported_engines,
     _capability.ONEDNN: lambda: torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise"),
     _capability.INT_MM: _capability.has_int_mm,
@@ -162,10 +172,17 @@ def test_self_test_rejects_a_kernel_that_saturates(monkeypatch):
 
 def test_the_real_kernels_pass_their_self_test():
     assert _capability.has_fbgemm_linear() == _AVAILABLE[_capability.FBGEMM]()
+    assert _capability.has_fbgemm_pairs_linear() == _AVAILABLE[_capability.FBGEMM_PAIRS]()
     assert _capability.has_onednn_linear() == _AVAILABLE[_capability.ONEDNN]()
 
 
 def test_backend_order(monkeypatch):
+    monkeypatch.setattr(_capability, "has_onednn_s8_linear", lambda: True)
+    assert _capability.cpu_int8_backend() == _capability.ONEDNN_S8
+    monkeypatch.setattr(_capability, "has_onednn_s8_linear", lambda: False)
+    monkeypatch.setattr(_capability, "has_fbgemm_pairs_linear", lambda: True)
+    assert _capability.cpu_int8_backend() == _capability.FBGEMM_PAIRS
+    monkeypatch.setattr(_capability, "has_fbgemm_pairs_linear", lambda: False)
     monkeypatch.setattr(_capability, "has_fbgemm_linear", lambda: False)
     assert _capability.cpu_int8_backend() in (_capability.ONEDNN, _capability.INT_MM)
     monkeypatch.setattr(_capability, "has_onednn_linear", lambda: False)
@@ -302,3 +319,43 @@ def test_module_with_a_packed_weight_deepcopies_and_pickles(packing_backend):
 def test_cache_returns_none_where_nothing_is_packed(monkeypatch):
     monkeypatch.setattr(_capability, "cpu_int8_backend", lambda: _capability.REFERENCE)
     assert PackedWeightCache().get(_codes(4, 8)) is None
+
+
+def test_cached_outlier_columns_give_the_same_output(monkeypatch):
+    # the packed weight keeps recent outlier columns of W_i8; a changing outlier set, beyond the
+    # cache's size, must give what a gather per call gives
+    import importlib
+
+    impl = importlib.import_module("llm_int8.ops.int8_linear")  # the module; the package exports the function
+    monkeypatch.setattr(impl, "_MAX_CACHED_COLUMNS", 3)
+    W_i8, s_w, b = _layer(96, 40)
+    packed = prepack_int8_weight(W_i8)
+    if packed is None:
+        pytest.skip("no packed CPU kernel in this torch build")
+    for dims in ([5], [5, 17], [60, 2, 17], [1, 2, 3, 4], [17, 90]):
+        X = torch.randn(6, 96)
+        X[:, dims] = 30.0
+        Y = int8_linear(X, W_i8, s_w, b, 6.0, packed_weight=packed)
+        assert torch.equal(Y, int8_linear(X, W_i8, s_w, b, 6.0)), dims
+        assert len(packed.columns) <= 3
+
+
+def test_pair_bounded_weight():
+    W = _codes(33, 71)
+    W[0] = 127
+    W[1, ::2], W[1, 1::2] = -128, 127  # |-128| + 127: the largest violation
+    W_safe, W_fix = cpu.pair_bounded(W)
+    assert torch.equal(W_safe.to(torch.int16) + W_fix, W.to(torch.int16))
+    pairs = torch.nn.functional.pad(W_safe.to(torch.int16).abs(), (0, 1)).view(33, -1, 2).sum(-1)
+    assert int(pairs.max()) == 128
+    ok = torch.nn.functional.pad(W.to(torch.int16).abs(), (0, 1)).view(33, -1, 2).sum(-1) <= 128
+    fix_pairs = torch.nn.functional.pad(W_fix.abs(), (0, 1)).view(33, -1, 2).sum(-1)
+    assert not fix_pairs[ok].any()  # a pair within the bound is left as it is
+
+
+def test_pairs_kernel_refuses_a_weight_beyond_the_bound(monkeypatch):
+    # the self-test must catch a kernel whose pairs can saturate: pack the raw weight, not W_safe
+    if not _AVAILABLE[_capability.FBGEMM_PAIRS]():
+        pytest.skip("no fbgemm")
+    monkeypatch.setattr(cpu, "pair_bounded", lambda W: (W, torch.zeros_like(W, dtype=torch.int16)))
+    assert not _capability._self_test(_capability.FBGEMM_PAIRS)

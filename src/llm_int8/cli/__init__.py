@@ -18,7 +18,7 @@ from .. import __version__
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = ("demo", "generate", "evaluate", "quantize", "outliers")
+_COMMANDS = ("demo", "generate", "evaluate", "quantize", "outliers", "env")
 
 # what bad input raises (a missing or corrupt file, a bad value, an unparsable pattern): exit 2
 _INPUT_ERRORS = (OSError, ValueError, TypeError, LookupError, re.error)

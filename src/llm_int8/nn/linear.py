@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD
-from ..ops import PackedWeightCache, compute_weight_row_sums, int8_linear, weight_only
+from ..ops import PackedWeightCache, compute_weight_row_sums, int8_linear
 from ..primitives import ACTIVATION_QUANTIZERS, rowwise_quantize
 
 __all__ = ["Int8Linear"]
@@ -176,13 +176,9 @@ class Int8Linear(nn.Module):
             activation=self.activation,
             packed_weight=self._packed_weight,
             weight_row_sums=self._row_sums,
-            weight_only_max_tokens=self._weight_only_limit(),
+            weight_only_max_tokens=self.weight_only_max_tokens,  # None: measured per shape, inside the op
             float_columns=None if self.float_dims is None else (self.float_dims, self.float_weight),
         )
-
-    def _weight_only_limit(self) -> int:
-        limit = self.weight_only_max_tokens
-        return weight_only.auto_max_tokens(self.in_features, self.out_features) if limit is None else limit
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the layer multiplies by: ``weight_int8 * weight_scale``, with the

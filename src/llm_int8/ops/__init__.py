@@ -4,7 +4,7 @@ Backends live in ``cpu.py`` (oneDNN) and ``cuda.py`` (cuBLASLt); ``_capability.p
 one runs, and ``prepack.py`` holds weight layouts prepared once.
 """
 
-from . import weight_only
+from . import autotune, custom_op, weight_only
 from .int8_linear import compute_weight_row_sums, int8_linear
 from .int8_mm import int8_mm
 from .prepack import PackedWeight, PackedWeightCache, prepack_int8_weight
@@ -12,6 +12,8 @@ from .prepack import PackedWeight, PackedWeightCache, prepack_int8_weight
 __all__ = [
     "PackedWeight",
     "PackedWeightCache",
+    "autotune",
+    "custom_op",
     "compute_weight_row_sums",
     "int8_linear",
     "int8_mm",

@@ -15,13 +15,19 @@ from . import cpu
 
 __all__ = [
     "FBGEMM",
+    "FBGEMM_PAIRS",
     "INT_MM",
     "ONEDNN",
+    "ONEDNN_S8",
     "REFERENCE",
+    "admitted_cpu_kernels",
     "cpu_int8_backend",
     "has_fbgemm_linear",
+    "has_fbgemm_pairs_linear",
     "has_int_mm",
+    "has_int_mm_cpu",
     "has_onednn_linear",
+    "has_onednn_s8_linear",
     "has_weight_int8pack_mm",
 ]
 
@@ -29,8 +35,12 @@ logger = logging.getLogger(__name__)
 
 FBGEMM = cpu.FBGEMM
 """fbgemm's u8 x s8 GEMM behind ``quantized::linear_dynamic`` on sign-split 7-bit codes (``cpu.py``)."""
+FBGEMM_PAIRS = cpu.FBGEMM_PAIRS
+"""fbgemm's u8 x s8 GEMM on full 8-bit codes, no split, on a pair-bounded weight plus a sparse fix (``cpu.py``)."""
 ONEDNN = cpu.ONEDNN
 """oneDNN's u8 x s8 GEMM behind ``onednn::qlinear_pointwise``, same split; slow below ~32 rows."""
+ONEDNN_S8 = cpu.ONEDNN_S8
+"""oneDNN's s8 x s8 GEMM on the codes as they are, no split: exact only with VNNI or AMX (int32 sums)."""
 INT_MM = "int_mm"
 """``torch._int_mm``: exact, but a generic loop on CPU (seconds for 512x4096x4096 on AVX2)."""
 REFERENCE = "reference"
@@ -46,12 +56,17 @@ def _self_test(kernel: str) -> bool:
     W[::3] = -127
     W[4, 1::2] = -3
     try:
-        C = cpu.int8_mm_int32(A, W, cpu.prepack(W, kernel))
+        if kernel == INT_MM:
+            C = torch._int_mm(A, W.T)
+        else:
+            C = cpu.int8_mm_int32(A, W, cpu.prepack(W, kernel))
     except (RuntimeError, AttributeError, NotImplementedError) as err:
         logger.debug("CPU int8 kernel %s unavailable: %s", kernel, err)
         return False
     exact = torch.equal(C, (A.double() @ W.double().T).to(torch.int32))
-    if not exact:
+    if not exact and kernel == ONEDNN_S8:  # the expected outcome without VNNI / AMX
+        logger.info("CPU int8 kernel %s saturates on this CPU (no VNNI/AMX); not using it", kernel)
+    elif not exact:
         logger.warning("CPU int8 kernel %s returned wrong integers on its self-test; not using it", kernel)
     return exact
 
@@ -65,9 +80,31 @@ def has_fbgemm_linear() -> bool:
 
 
 @functools.cache
+def has_fbgemm_pairs_linear() -> bool:
+    """fbgemm's 8-bit dynamic linear is exact here on pair-bounded weights (the self-test's weights of
+    +-127 everywhere become pairs (127, 1) exactly at the bound, times u8 activations of 255 and 1)."""
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        return False
+    return _self_test(FBGEMM_PAIRS)
+
+
+@functools.cache
 def has_onednn_linear() -> bool:
     """oneDNN's quantized linear is registered (x86 builds with mkldnn) and exact on this CPU."""
     return torch.backends.mkldnn.is_available() and _self_test(ONEDNN)
+
+
+@functools.cache
+def has_onednn_s8_linear() -> bool:
+    """oneDNN's s8 x s8 linear is exact on full-range codes: true with VNNI / AMX, false on AVX2
+    (``vpmaddubsw`` saturates its int16 pair sums; the self-test's codes make it do so)."""
+    return torch.backends.mkldnn.is_available() and _self_test(ONEDNN_S8)
+
+
+@functools.cache
+def has_int_mm_cpu() -> bool:
+    """``torch._int_mm`` runs on CPU tensors and is exact there."""
+    return has_int_mm() and _self_test(INT_MM)
 
 
 @functools.cache
@@ -94,8 +131,29 @@ def has_int_mm() -> bool:
     return hasattr(torch, "_int_mm")
 
 
+def admitted_cpu_kernels() -> list[str]:
+    """Every CPU integer GEMM that passed its self-test here, in the fixed order of ``cpu_int8_backend``.
+
+    ``ops/autotune.py`` times these and picks one per shape and token bucket; ``REFERENCE`` is
+    not among them (float64, always exact, only ever the fallback)."""
+    probes = {
+        ONEDNN_S8: has_onednn_s8_linear,
+        FBGEMM_PAIRS: has_fbgemm_pairs_linear,
+        FBGEMM: has_fbgemm_linear,
+        ONEDNN: has_onednn_linear,
+        INT_MM: has_int_mm_cpu,
+    }
+    return [kernel for kernel, probe in probes.items() if probe()]
+
+
 def cpu_int8_backend() -> str:
-    """The integer GEMM for CPU tensors, fastest first: ``FBGEMM``, ``ONEDNN``, ``INT_MM``, ``REFERENCE``."""
+    """The integer GEMM for CPU tensors when nothing is measured: ``ONEDNN_S8`` (VNNI / AMX: no
+    split, half the work), ``FBGEMM_PAIRS`` (no split on AVX2), ``FBGEMM``, ``ONEDNN``, ``INT_MM``,
+    ``REFERENCE``, the first admitted."""
+    if has_onednn_s8_linear():
+        return ONEDNN_S8
+    if has_fbgemm_pairs_linear():
+        return FBGEMM_PAIRS
     if has_fbgemm_linear():
         return FBGEMM
     if has_onednn_linear():

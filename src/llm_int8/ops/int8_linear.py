@@ -36,7 +36,7 @@ from . import cuda, weight_only
 from .int8_mm import int8_mm_float
 from .prepack import PackedWeight, PackedWeightCache
 
-__all__ = ["compute_weight_row_sums", "int8_linear"]
+__all__ = ["compute_weight_row_sums", "dequantized_weight", "int8_linear"]
 
 
 def _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation):
@@ -84,7 +84,7 @@ def _outlier_index(col_absmax: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def _split_outliers(X: torch.Tensor, threshold: float, static_idx: torch.Tensor | None = None):
-    """Step 1 and the row ranges for step 2, from four reductions over ``X`` (M, K) float32.
+    """Step 1 and the row ranges for step 2, from four reductions over ``X`` (M, K) float32, bf16 or fp16.
 
     Returns ``X_regular`` (``X`` with the columns in ``O`` and in ``static_idx`` zeroed; ``X``
     itself when both are empty), the indices of ``O`` outside ``static_idx``, and the per-row max
@@ -93,13 +93,21 @@ def _split_outliers(X: torch.Tensor, threshold: float, static_idx: torch.Tensor 
     than the reductions on torch 2.13 CPU); ``amax`` / ``amin`` propagate NaN, so a NaN column is an
     outlier. (``torch.aminmax`` is 15x slower than the two reductions there.)
     """
-    col_absmax = torch.maximum(X.amax(dim=0), X.amin(dim=0).neg())  # (K,)
+    # in X's own dtype: max and min are exact in any float format, and a bf16 X is read at 2 bytes a
+    # value rather than copied to float32 first (the reductions' (K,) and (M,) results are widened)
+    col_absmax = torch.maximum(X.amax(dim=0), X.amin(dim=0).neg()).float()  # (K,)
     if static_idx is not None and static_idx.numel():
         col_absmax[static_idx] = 0.0  # in the float part anyway, with their float weight columns
     outlier_idx = _outlier_index(col_absmax, threshold)
     float_idx = outlier_idx if static_idx is None else torch.cat([outlier_idx, static_idx])
     X_regular = X.index_fill(1, float_idx, 0) if float_idx.numel() else X  # (M, K)
-    return X_regular, outlier_idx, X_regular.amax(dim=1), X_regular.amin(dim=1)
+    return X_regular, outlier_idx, X_regular.amax(dim=1).float(), X_regular.amin(dim=1).float()
+
+
+def _as_compute_dtype(X: torch.Tensor) -> torch.Tensor:
+    # 16-bit floats widen exactly inside the float32 arithmetic that reads them; anything else
+    # (float64) is rounded to float32 first, as the quantizers of primitives/quantize.py do
+    return X if X.dtype in (torch.float32, torch.bfloat16, torch.float16) else X.float()
 
 
 def _quantize_activations(
@@ -112,10 +120,12 @@ def _quantize_activations(
     Returns the codes ``X_i8`` (M, K) as float32 integers in [-127, 127] (zero in ``O``; the CPU
     kernels read them in that form), ``s_x`` (M,) float32 and the indices of ``O``.
     """
-    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold, static_idx)
+    X_regular, outlier_idx, row_max, row_min = _split_outliers(_as_compute_dtype(X), threshold, static_idx)
     absmax = torch.maximum(row_max, row_min.neg())  # (M,)
     # 127 / absmax; an all-zero row gets codes 0 and s_x 0
     inv_step = torch.where(absmax > 0, INT8_MAX / absmax, 0.0)  # (M,)
+    # a bf16/fp16 X_regular times float32 steps is computed and returned in float32 (type promotion):
+    # the same products as X.float() * inv_step, without the float32 copy of X
     X_scaled = X_regular * inv_step[:, None]
     tiny = torch.isinf(inv_step)
     if tiny.any():
@@ -135,7 +145,7 @@ def _quantize_activations_zeropoint(
     float32 integers in [-127, 127] (``zp_x`` in ``O``), ``s_x`` (M,), ``zp_x`` (M,) float32 and the
     indices of ``O``.
     """
-    X_regular, outlier_idx, row_max, row_min = _split_outliers(X.float(), threshold, static_idx)
+    X_regular, outlier_idx, row_max, row_min = _split_outliers(_as_compute_dtype(X), threshold, static_idx)
     nd, zp = zeropoint_params(row_max, row_min)  # (M,) each: codes per unit, zero point
     X_codes = (X_regular * nd[:, None]).add_(zp[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)
     return X_codes, 1.0 / nd, zp, outlier_idx
@@ -144,6 +154,27 @@ def _quantize_activations_zeropoint(
 def compute_weight_row_sums(weight_int8: torch.Tensor) -> torch.Tensor:
     """``r_w = Σ_k W_i8[:, k]`` (N,) as float32 (exact below 2**24 / 127 = 132k input features)."""
     return weight_int8.sum(dim=1, dtype=torch.float32)
+
+
+_MAX_CACHED_COLUMNS = 64  # per weight: N bytes each (256 KiB for N = 4096), far more dims than α = 6 finds
+
+
+def _outlier_columns(W_i8: torch.Tensor, idx: torch.Tensor, packed: PackedWeight | None) -> torch.Tensor:
+    """``W_i8[:, O]`` (N, |O|) int8, from the packed weight's cache of recent outlier columns where there is one."""
+    cache = getattr(packed, "columns", None)
+    if cache is None or idx.numel() > _MAX_CACHED_COLUMNS:
+        # gather: 1.5-3x faster than index_select on dim 1 for a (N, K) int8 weight (torch 2.13 CPU)
+        return W_i8.gather(1, idx.expand(W_i8.shape[0], -1))
+    dims = idx.tolist()
+    missing = [k for k in dims if k not in cache]
+    if missing:
+        excess = len(cache) + len(missing) - _MAX_CACHED_COLUMNS
+        if excess > 0:  # drop the oldest columns this call does not use
+            for k in [k for k in cache if k not in dims][:excess]:
+                del cache[k]
+        gathered = W_i8.gather(1, torch.tensor(missing).expand(W_i8.shape[0], -1)).T  # (|missing|, N)
+        cache.update(zip(missing, gathered.contiguous().unbind(0), strict=True))
+    return torch.stack([cache[k] for k in dims], dim=1)  # (N, |O|)
 
 
 def _forward_2d(
@@ -171,12 +202,30 @@ def _forward_2d(
     C.mul_(s_w.float()[None, :]).mul_(s_x[:, None])
     if outlier_idx.numel():
         X_O = X.index_select(1, outlier_idx).float()  # (M, |O|)
-        # gather: 1.5-3x faster than index_select on dim 1 for a (N, K) int8 weight (torch 2.13 CPU)
-        W_O = W_i8.gather(1, outlier_idx.expand(W_i8.shape[0], -1)).float() * s_w.float()[:, None]  # (N, |O|)
+        W_O = _outlier_columns(W_i8, outlier_idx, packed).float() * s_w.float()[:, None]  # (N, |O|)
         C.addmm_(X_O, W_O.T)
     if static_idx is not None and static_idx.numel():
         C.addmm_(X.index_select(1, static_idx).float(), float_columns[1].float().T)  # X_S W_S^T
     return C
+
+
+def dequantized_weight(
+    W_i8: torch.Tensor, s_w: torch.Tensor, float_columns: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The (N, K) float32 weight the layer multiplies by: ``W_i8 ⊙ s_w``, the float columns as stored."""
+    W = W_i8.float() * s_w.float()[:, None]
+    if float_columns is not None:
+        W[:, float_columns[0]] = float_columns[1].float()
+    return W
+
+
+def _needs_grad(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
 
 
 class _Int8LinearFunction(torch.autograd.Function):
@@ -192,9 +241,7 @@ class _Int8LinearFunction(torch.autograd.Function):
         W_i8, s_w = ctx.saved_tensors
         grad_X = None
         if ctx.needs_input_grad[0]:
-            W = W_i8.float() * s_w.float()[:, None]  # (N, K) dequantized
-            if ctx.float_columns is not None:
-                W[:, ctx.float_columns[0]] = ctx.float_columns[1].float()
+            W = dequantized_weight(W_i8, s_w, ctx.float_columns)  # (N, K)
             grad_X = (grad_C.float() @ W).to(ctx.x_dtype)
         return grad_X, None, None, None, None, None, None, None
 
@@ -209,7 +256,7 @@ def int8_linear(
     activation: str = "absmax",
     packed_weight: PackedWeight | PackedWeightCache | None = None,
     weight_row_sums: torch.Tensor | PackedWeightCache | None = None,
-    weight_only_max_tokens: int = 0,
+    weight_only_max_tokens: int | None = 0,
     float_columns: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """LLM.int8() linear layer: ``x`` (..., K) float -> (..., N) in ``x``'s dtype.
@@ -226,8 +273,11 @@ def int8_linear(
     never builds the packed copy of its weight or its row sums.
     ``weight_only_max_tokens``: inputs of at most this many rows (tokens) take the int8-weight,
     bf16-activation kernel of ``ops/weight_only.py`` where it is available (CPU, ``in_features`` a
-    multiple of 16) and no gradient is needed; 0 (the default here) never. ``Int8Linear`` passes the
-    measured crossover.
+    multiple of 16) and no gradient is needed; 0 (the default here) never; ``None``: the crossover
+    measured for this shape on this machine (``weight_only.auto_max_tokens``), which ``Int8Linear`` uses.
+
+    Under ``torch.compile`` the whole call is the custom op ``llm_int8::int8_linear``
+    (``ops/custom_op.py``): one graph node, the same numerics.
 
     NaN/Inf policy: a column of ``x`` that holds a non-finite value is always computed in float,
     so non-finite values propagate to exactly the outputs ``nn.Linear`` would make non-finite,
@@ -236,6 +286,16 @@ def int8_linear(
     """
     _check_inputs(x, weight_int8, weight_scale, bias, threshold, activation)
     N, K = weight_int8.shape
+    if _compiling():
+        from .custom_op import OP  # registered with the ops package; imported here, it imports this module
+
+        if OP is not None:  # one opaque node for torch.compile: no graph break on the data-dependent steps
+            S, W_S = (None, None) if float_columns is None else float_columns
+            if _needs_grad(x, bias):  # as in eager: a differentiated call never takes the weight-only path
+                weight_only_max_tokens = 0
+            return OP(x, weight_int8, weight_scale, bias, float(threshold), activation, weight_only_max_tokens, S, W_S)
+    if weight_only_max_tokens is None:
+        weight_only_max_tokens = weight_only.auto_max_tokens(K, N)
     if float_columns is not None:
         float_columns = _check_float_columns(float_columns, N, K)
     lead = x.shape[:-1]
@@ -243,8 +303,7 @@ def int8_linear(
     if X.shape[0] == 0:
         out = x.new_zeros(*lead, N)
         return out if bias is None else out + bias.to(x.dtype)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
-    if X.shape[0] <= weight_only_max_tokens and not needs_grad and weight_only.available(x.device, K):
+    if X.shape[0] <= weight_only_max_tokens and not _needs_grad(x, bias) and weight_only.available(x.device, K):
         out = weight_only.int8_weight_only_linear(x, weight_int8, weight_scale, bias)
         if float_columns is not None:  # the codes of S are 0: add X_S W_S^T in float
             S, W_S = float_columns
@@ -254,7 +313,7 @@ def int8_linear(
         packed_weight = packed_weight.get(weight_int8)
     if isinstance(weight_row_sums, PackedWeightCache):
         weight_row_sums = weight_row_sums.get(weight_int8) if activation == "zeropoint" else None
-    if x.device.type == "cuda" and not needs_grad:  # Triton or cuBLASLt, as measured (ops/cuda.py)
+    if x.device.type == "cuda" and not _needs_grad(x, bias):  # Triton or cuBLASLt, as measured (ops/cuda.py)
         out = cuda.int8_linear_cuda(
             X, weight_int8, weight_scale, bias, threshold, activation, weight_row_sums, float_columns,
             weight_only_max_tokens,

@@ -3,11 +3,12 @@
 Backends, each equal to ``llm_int8.primitives.int8_matmul_reference`` bit for bit:
 
 * CUDA: cuBLASLt through ``torch._int_mm``, padded to its shape rules (``ops/cuda.py``).
-* CPU, x86 builds: fbgemm's (else oneDNN's) u8 x s8 GEMM on sign-split 7-bit codes
-  (``ops/cpu.py``); ``_int_mm`` is a generic loop on CPUs without AVX-512 (about 3.5 s for
-  512x4096x4096 on the AVX2 machine of BENCHMARKS.md, against 0.25 s here). The weight is
-  reordered per call unless its packed layout is passed (``prepack_int8_weight``).
-* CPU without either: ``torch._int_mm`` (exact, a slow generic loop).
+* CPU: the kernel ``ops/autotune.py`` measured fastest for the shape and token bucket among those
+  that passed their exactness self-test: oneDNN's s8 x s8 GEMM without split (VNNI / AMX only),
+  fbgemm's or oneDNN's u8 x s8 GEMM on sign-split 7-bit codes (``ops/cpu.py``), ``torch._int_mm``
+  (a generic loop on CPUs without AVX-512: about 3.5 s for 512x4096x4096 on the AVX2 machine of
+  BENCHMARKS.md, against 0.25 s for the split). The weight is reordered per call unless its packed
+  layout is passed (``prepack_int8_weight``).
 * Anything else: ``int8_matmul_reference`` (float64, exact).
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..primitives import int8_matmul_reference
-from . import _capability, cpu, cuda
+from . import _capability, autotune, cpu, cuda
 from .prepack import PackedWeight
 
 __all__ = ["int8_mm"]
@@ -32,9 +33,10 @@ def _check_operands(A_i8: torch.Tensor, B_i8: torch.Tensor) -> None:
 
 
 def _cpu_weight(B_i8: torch.Tensor, packed: PackedWeight | None, backend: str) -> cpu.CpuInt8Weight:
-    # a layout passed in was built by prepack_int8_weight; if it is for another kernel, or absent, pack now
-    if isinstance(packed, cpu.CpuInt8Weight) and packed.kernel == backend:
-        return packed
+    # a layout passed in was built by prepack_int8_weight and keeps any other kernel's layout it is
+    # asked for; without one, pack now (per call)
+    if isinstance(packed, cpu.CpuInt8Weight):
+        return packed.for_kernel(backend, B_i8)
     return cpu.prepack(B_i8, backend)
 
 
@@ -52,7 +54,9 @@ def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWeight | No
     if device.type == "cuda" and _capability.has_int_mm():
         return cuda.int_mm_padded(A_i8, B_i8)
     if device.type == "cpu":
-        backend = _capability.cpu_int8_backend()
+        backend = autotune.cpu_gemm(N, A_i8.shape[1], M)
+        if backend in (_capability.ONEDNN_S8, _capability.FBGEMM_PAIRS):  # no split: -128 is fine
+            return cpu.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
         # the sign split needs codes in [-127, 127]; LLM.int8()'s quantizers never produce -128
         if backend in (_capability.FBGEMM, _capability.ONEDNN) and not (A_i8 == -128).any():
             return cpu.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
@@ -68,8 +72,8 @@ def int8_mm_float(A_codes: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWe
     ``A_codes``: (M, K) float32 holding integers in [-127, 127] (as quantization produces them);
     the CPU kernels read them as they are, skipping an int8 and an int32 round trip.
     """
-    if A_codes.device.type == "cpu":
-        backend = _capability.cpu_int8_backend()
-        if backend in (_capability.FBGEMM, _capability.ONEDNN):
+    if A_codes.device.type == "cpu" and A_codes.shape[0] and B_i8.shape[0] and B_i8.shape[1]:
+        backend = autotune.cpu_gemm(B_i8.shape[0], B_i8.shape[1], A_codes.shape[0])
+        if backend in cpu.KERNELS:
             return cpu.int8_mm_float(A_codes, B_i8, _cpu_weight(B_i8, packed, backend))
     return int8_mm(A_codes.to(torch.int8), B_i8, packed=packed).float()

@@ -24,7 +24,8 @@ def prepack_int8_weight(weight_int8: torch.Tensor) -> PackedWeight | None:
     """The layout the current backend wants for this (N, K) int8 weight, or ``None`` if it reads it as is."""
     if weight_int8.device.type == "cpu":
         backend = _capability.cpu_int8_backend()
-        if backend in (_capability.FBGEMM, _capability.ONEDNN):
+        # the fixed order's kernel; a measured choice of another one is packed on first use (for_kernel)
+        if backend in cpu.KERNELS:
             return cpu.prepack(weight_int8, backend)
     return None
 

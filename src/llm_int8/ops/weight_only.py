@@ -18,14 +18,23 @@ import torch
 
 from . import _capability
 
-__all__ = ["AUTO_MAX_MACS", "AUTO_MAX_TOKENS", "K_MULTIPLE", "auto_max_tokens", "available", "int8_weight_only_linear"]
+__all__ = [
+    "AUTO_MAX_MACS",
+    "AUTO_MAX_TOKENS",
+    "K_MULTIPLE",
+    "auto_max_tokens",
+    "available",
+    "fixed_max_tokens",
+    "int8_weight_only_linear",
+]
 
 AUTO_MAX_TOKENS = 16
 AUTO_MAX_MACS = 2**24
-"""``Int8Linear`` takes this path by default (CPU) while ``tokens <= AUTO_MAX_TOKENS`` and
-``tokens * in_features * out_features <= AUTO_MAX_MACS``: the crossover measured against the int8 x
-int8 path (``benchmarks/bench_layers.py``, BENCHMARKS.md section (c)). This kernel's time grows
-linearly with the tokens, the int8 path's is mostly a fixed per-call overhead at small M: on the
+"""Without timing (``LLM_INT8_AUTOTUNE=0``), ``Int8Linear`` takes this path (CPU) while
+``tokens <= AUTO_MAX_TOKENS`` and ``tokens * in_features * out_features <= AUTO_MAX_MACS``: the
+crossover once measured against the int8 x int8 path on an AVX2 CPU (``benchmarks/bench_layers.py``,
+BENCHMARKS.md section (c)); with timing on, ``ops/autotune.py`` measures it per layer shape. This
+kernel's time grows linearly with the tokens, the int8 path's is mostly a fixed per-call overhead at small M: on the
 576 x 1536 layers of SmolLM2 it wins up to 16 tokens (not at 128), on 4096 x 4096 only at 1 token,
 and on 4096 x 11008 not at all."""
 
@@ -37,9 +46,18 @@ vector loads and no remainder loop, so any other K reads past each row: on an AV
 _ALIGN = 64  # bytes: the kernel's aligned loads need each row, hence the base pointer, aligned
 
 
-def auto_max_tokens(in_features: int, out_features: int) -> int:
-    """The default ``weight_only_max_tokens`` of an (in, out) layer (0 for layers above 2**24 weights)."""
+def fixed_max_tokens(in_features: int, out_features: int) -> int:
+    """The crossover rule used without timing (0 for layers above 2**24 weights)."""
     return min(AUTO_MAX_TOKENS, AUTO_MAX_MACS // (in_features * out_features))
+
+
+def auto_max_tokens(in_features: int, out_features: int) -> int:
+    """The default ``weight_only_max_tokens`` of an (in, out) layer: the crossover measured on this
+    machine once per shape (``ops/autotune.py``; at most ``AUTO_MAX_TOKENS``), or ``fixed_max_tokens``
+    where timing is off."""
+    from . import autotune  # it times this module's kernel; imported here to keep the import one-way
+
+    return autotune.weight_only_max_tokens(in_features, out_features)
 
 
 def int8_weight_only_linear(
