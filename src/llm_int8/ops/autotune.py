@@ -18,9 +18,9 @@ is timed on the machine that runs, once per (layer shape, token bucket), at firs
   activations instead of int8 codes), which is why it is a per-shape limit, decided once.
 
 Decisions are kept in memory and in a JSON file in the user's cache directory
-(``$XDG_CACHE_HOME/llm-int8``, else ``~/.cache/llm-int8``), keyed by CPU model and flags, torch
-version, library version and thread count, written atomically; a later process reads them
-instead of timing. Environment:
+(``$LLM_INT8_CACHE_DIR``, else ``$XDG_CACHE_HOME/llm-int8``, else ``~/.cache/llm-int8``), keyed by
+CPU model and flags, torch version, library version and thread count, written atomically; a later
+process reads them instead of timing. Environment:
 
 * ``LLM_INT8_CPU_BACKEND=<kernel>`` forces one GEMM (``onednn_s8``, ``fbgemm``, ``onednn``,
   ``int_mm`` or ``reference``); a kernel that failed its self-test here is refused with an error.
@@ -148,9 +148,11 @@ def machine_key() -> dict[str, str]:
 
 def cache_path() -> Path:
     """The JSON file holding this machine key's decisions."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = os.environ.get("LLM_INT8_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "llm-int8"
+    )
     digest = hashlib.sha1(json.dumps(machine_key(), sort_keys=True).encode()).hexdigest()[:16]
-    return Path(root) / "llm-int8" / f"autotune-{digest}.json"
+    return Path(root) / f"autotune-{digest}.json"
 
 
 def _table() -> dict[str, dict]:

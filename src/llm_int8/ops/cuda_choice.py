@@ -12,9 +12,10 @@ Environment:
 
 * ``LLM_INT8_CUDA_BACKEND``: ``triton`` or ``cublaslt`` forces that backend (an error if it cannot
   run); ``auto`` (default) times.
-* ``LLM_INT8_CUDA_NO_TIMING=1``: never time; Triton where it runs, else cuBLASLt.
-* ``LLM_INT8_CACHE_DIR``: where the file lives (default ``$XDG_CACHE_HOME/llm_int8``, else
-  ``~/.cache/llm_int8``).
+* ``LLM_INT8_CUDA_NO_TIMING=1``, or ``LLM_INT8_AUTOTUNE=0`` (which also stops the CPU kernels'
+  timing, ``ops/autotune.py``): never time; Triton where it runs, else cuBLASLt.
+* ``LLM_INT8_CACHE_DIR``: where the file lives (default ``$XDG_CACHE_HOME/llm-int8``, else
+  ``~/.cache/llm-int8``, the folder of the CPU decisions).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from . import autotune
 
 __all__ = [
     "BACKENDS",
@@ -85,7 +88,7 @@ def cache_path() -> Path:
     root = os.environ.get(ENV_CACHE_DIR)
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        root = str(Path(xdg) / "llm_int8")
+        root = str(Path(xdg) / "llm-int8")
     return Path(root) / _CACHE_FILE
 
 
@@ -150,7 +153,7 @@ def choose(bucket: str, candidates: dict[str, Callable[[], object]], device: tor
         return forced
     if len(candidates) == 1:
         return next(iter(candidates))
-    if os.environ.get(ENV_NO_TIMING, "0") not in ("", "0"):
+    if os.environ.get(ENV_NO_TIMING, "0") not in ("", "0") or not autotune.enabled():
         return TRITON if TRITON in candidates else next(iter(candidates))
     env_key = _environment_key(device)
     known = _memory.get(env_key)
