@@ -32,6 +32,7 @@ _DEFAULT_METHODS = ",".join(
 )
 
 
+@torch.no_grad()  # inference only; a decorator, not set_grad_enabled: main() may run in a caller's process
 def _cmd_eval(args) -> int:
     from ..evaluation import compare_methods, parse_methods, read_hellaswag, read_text, tokenize_text
     from ..evaluation.report import markdown_table, plot_comparison, write_json
@@ -47,7 +48,6 @@ def _cmd_eval(args) -> int:
     t0 = time.perf_counter()
     print(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} in float32 ...", flush=True)
     model, tokenizer = load_model(args.model, dtype=torch.float32)
-    torch.set_grad_enabled(False)
     ids = None
     if text is not None:
         ids = tokenize_text(tokenizer, text, args.max_tokens)

@@ -31,6 +31,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
+@torch.no_grad()  # inference only; a decorator, not set_grad_enabled: main() may run in a caller's process
 def _cmd_outliers(args) -> int:
     from ..analysis import OutlierCriteria, ablate_outliers, find_outlier_features, find_sites, plot_outliers
     from ..evaluation import read_text, tokenize_text
@@ -42,7 +43,6 @@ def _cmd_outliers(args) -> int:
     t0 = time.perf_counter()
     print(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} in float32 ...", flush=True)
     model, tokenizer = load_model(args.model, dtype=torch.float32)
-    torch.set_grad_enabled(False)
     ids = tokenize_text(tokenizer, text, args.max_tokens)
     if args.window is None:  # the default window, shortened to what the text holds
         args.window = min(_DEFAULT_WINDOW, ids.numel())
