@@ -236,6 +236,7 @@ def choice_env(tmp_path, monkeypatch):
     monkeypatch.setenv(cuda_choice.ENV_CACHE_DIR, str(tmp_path))
     monkeypatch.delenv(cuda_choice.ENV_BACKEND, raising=False)
     monkeypatch.delenv(cuda_choice.ENV_NO_TIMING, raising=False)
+    monkeypatch.setenv("LLM_INT8_AUTOTUNE", "1")  # conftest turns timing off for the rest of the suite
     cuda_choice.clear_memory_cache()
     yield tmp_path
     cuda_choice.clear_memory_cache()
@@ -295,6 +296,10 @@ def test_dispatch_forced_and_untimed(choice_env, monkeypatch):
     calls.clear()
     run()
     assert calls == []  # untimed: Triton where it runs
+    monkeypatch.setenv(cuda_choice.ENV_NO_TIMING, "0")
+    monkeypatch.setenv("LLM_INT8_AUTOTUNE", "0")  # the switch that stops the CPU timing stops this one too
+    run()
+    assert calls == []
     monkeypatch.setenv(cuda_choice.ENV_BACKEND, "cudnn")
     with pytest.raises(ValueError, match=cuda_choice.ENV_BACKEND):
         run()
