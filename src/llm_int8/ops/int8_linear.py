@@ -295,7 +295,9 @@ def int8_linear(
                 weight_only_max_tokens = 0
             return OP(x, weight_int8, weight_scale, bias, float(threshold), activation, weight_only_max_tokens, S, W_S)
     if weight_only_max_tokens is None:
-        weight_only_max_tokens = weight_only.auto_max_tokens(K, N)
+        # the measured crossover times CPU kernels: a CUDA layer takes the fixed rule, not a CPU timing
+        cpu = x.device.type == "cpu"
+        weight_only_max_tokens = weight_only.auto_max_tokens(K, N) if cpu else weight_only.fixed_max_tokens(K, N)
     if float_columns is not None:
         float_columns = _check_float_columns(float_columns, N, K)
     lead = x.shape[:-1]
