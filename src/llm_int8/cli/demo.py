@@ -66,9 +66,9 @@ def _cmd_demo(args) -> int:
     )
     if next(model.parameters()).device.type == "cpu":
         print(
-            "(stored size; on CPU a layer that runs the int8 x int8 kernel also keeps its packed copy of\n"
-            " the weight, about 1 more byte per weight after a prompt of more than a few tokens:\n"
-            " BENCHMARKS.md, section (d))"
+            "(stored size; on CPU a layer that runs the int8 x int8 kernel also keeps a packed copy of\n"
+            " the weight, about 1 more byte per weight for each kernel it has run (up to two: the one\n"
+            " measured fastest for prompts and the one for a few tokens): BENCHMARKS.md, (d) and (f))"
         )
 
     prompts = args.prompt or list(DEFAULT_PROMPTS)
