@@ -69,6 +69,17 @@ def tiny_model(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, *
     return model.to(dtype).eval()
 
 
+def word_tokenizer():
+    """A word-level tokenizer over ``VOCAB`` words ``<unk> <pad> </s> w0 w1 ...`` (split on whitespace)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<pad>", "</s>"] + [f"w{i}" for i in range(VOCAB - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+
+
 def input_ids(seed: int = 1, length: int = 12) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(2, VOCAB, (2, length), generator=g)

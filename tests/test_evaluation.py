@@ -11,6 +11,7 @@ import torch
 from llm_int8.cli import main
 from llm_int8.evaluation import (
     apply_method,
+    batched_log_likelihoods,
     compare_methods,
     paired_difference,
     perplexity,
@@ -93,12 +94,14 @@ def test_read_real_hellaswag(hellaswag_path):
 def test_hellaswag_scores_real_tasks(smollm2, hellaswag_path):
     model, tokenizer = smollm2
     tasks = read_hellaswag(hellaswag_path, limit=8)
-    batched = score_hellaswag(model, tokenizer, tasks, tasks_per_batch=4)
-    single = score_hellaswag(model, tokenizer, tasks[:2], tasks_per_batch=1)
+    batched = score_hellaswag(model, tokenizer, tasks)
     assert batched.tasks == 8 and 0 <= batched.acc <= 1 and 0 <= batched.acc_norm <= 1
     # padding and batching do not change a log-likelihood
     torch.testing.assert_close(
-        torch.tensor(batched.log_likelihoods[:2]), torch.tensor(single.log_likelihoods), rtol=1e-4, atol=1e-3
+        torch.tensor(batched.log_likelihoods[:2]),
+        torch.tensor(batched_log_likelihoods(model, tokenizer, tasks[:2])),
+        rtol=1e-4,
+        atol=1e-3,
     )
     # one ending scored by hand, without padding
     t = tasks[0]
@@ -184,6 +187,7 @@ def test_paired_difference_by_hand():
     var = (3 * mean**2 + 2 * (-1 - mean) ** 2 + (1 - mean) ** 2) / 5
     assert d.difference == pytest.approx(mean) and d.stderr == pytest.approx((var / 6) ** 0.5)
     assert (d.differing, d.tasks) == (3, 6)
+    assert d.interval() == pytest.approx((mean - 1.96 * d.stderr, mean + 1.96 * d.stderr))
     assert paired_difference(labels, base, base).stderr == 0
     with pytest.raises(ValueError, match="as long"):
         paired_difference(labels, base, other[:-1])

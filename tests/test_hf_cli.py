@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _hf_tiny import VOCAB, tiny_model
+from _hf_tiny import tiny_model, word_tokenizer
 
 import llm_int8
 from llm_int8 import Int8Linear
@@ -14,13 +14,7 @@ from llm_int8.cli import main
 
 @pytest.fixture
 def model_dir(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<unk>", "<pad>", "</s>"] + [f"w{i}" for i in range(VOCAB - 3)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+    tokenizer = word_tokenizer()
     folder = tmp_path / "fp"
     tiny_model("llama", seed=1, eos_token_id=None, pad_token_id=None, bos_token_id=None).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -16,6 +16,7 @@ __all__ = [
     "output_file",
     "positive_int",
     "regex",
+    "shard",
     "threshold",
 ]
 
@@ -74,6 +75,18 @@ def output_file(text: str) -> str:
     if parent is not None and not parent.is_dir():
         raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is not a directory")
     return text
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``i/n``: the i-th (0-based) of n contiguous parts of a task list."""
+    i, sep, n = text.partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n (e.g. 0/4), got {text!r}") from None
+    if not sep or n <= 0 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"expected i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return i, n
 
 
 def add_int8_options(parser: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:

@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, PAPER_THRESHOLD
-from ._args import nonnegative_int, output_file, positive_int
+from ._args import nonnegative_int, output_file, positive_int, shard
 
 __all__ = ["register"]
 
@@ -32,19 +32,93 @@ _DEFAULT_METHODS = ",".join(
 )
 
 
-@torch.no_grad()  # inference only; a decorator, not set_grad_enabled: main() may run in a caller's process
-def _cmd_eval(args) -> int:
-    from ..evaluation import compare_methods, parse_methods, read_hellaswag, read_text, tokenize_text
-    from ..evaluation.report import markdown_table, plot_comparison, write_json
-    from ..integrations import load_model
+def _shard(tasks: list, shard: tuple[int, int] | None) -> list:
+    """The i-th of n contiguous parts of ``tasks`` (sizes differ by at most one)."""
+    if shard is None:
+        return tasks
+    i, n = shard
+    part = tasks[i * len(tasks) // n : (i + 1) * len(tasks) // n]
+    if not part:
+        raise ValueError(f"shard {i}/{n} of {len(tasks)} tasks is empty")
+    return part
 
-    # Validate every input before the slow model load.
-    specs = parse_methods(args.methods)
+
+def _read_inputs(args):
+    """(text, tasks): every input read and checked before the slow model load."""
+    from ..evaluation import read_hellaswag, read_text
+
     if args.text is None and args.hellaswag is None:
         raise ValueError("give --text (perplexity) and/or --hellaswag (zero-shot accuracy)")
+    if (args.resume or args.shard) and not args.hellaswag:
+        raise ValueError("--resume and --shard apply to --hellaswag runs")
+    if args.resume and not args.per_task:
+        raise ValueError("--resume continues a --per-task file: give it")
     text = read_text(args.text) if args.text else None
     tasks = read_hellaswag(args.hellaswag, limit=args.limit, skip=args.skip_tasks) if args.hellaswag else None
+    return text, (_shard(tasks, args.shard) if tasks else None)
 
+
+def _show(row: dict) -> None:
+    parts = [f"{row['method']}:"]
+    if "perplexity" in row:
+        parts.append(f"perplexity {row['perplexity']:.3f}")
+    if "hellaswag_acc" in row:
+        parts.append(f"hellaswag acc {row['hellaswag_acc']:.4f} acc_norm {row['hellaswag_acc_norm']:.4f}")
+        if row.get("hellaswag_resumed"):
+            parts.append(f"({row['hellaswag_resumed']} tasks read back from the per-task file)")
+    parts.append(f"({row['seconds']:.0f} s)")
+    print(" ".join(parts), flush=True)
+
+
+def _settings(args, ids, tasks, t0: float) -> dict:
+    return {
+        "text": str(args.text) if args.text else None,
+        "max_tokens": args.max_tokens,
+        "tokens_scored": None if ids is None else (ids.numel() // args.window) * args.window,
+        "window": args.window,
+        "hellaswag": str(args.hellaswag) if args.hellaswag else None,
+        "hellaswag_limit": args.limit,
+        "hellaswag_skip": args.skip_tasks,
+        "hellaswag_shard": None if args.shard is None else "{}/{}".format(*args.shard),
+        "hellaswag_tasks": None if not tasks else [tasks[0].index, tasks[-1].index],
+        "per_task": str(args.per_task) if args.per_task else None,
+        "paper_threshold": PAPER_THRESHOLD,
+        "default_config": {"threshold": DEFAULT_THRESHOLD, "activation": DEFAULT_ACTIVATION},
+        "dtype": "float32",
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _write_outputs(args, rows: list[dict], tasks, settings: dict, model_name: str) -> None:
+    from ..evaluation.report import atomic_write, markdown_table, plot_comparison, write_json
+
+    table = markdown_table(rows, labels=None if tasks is None else [t.label for t in tasks])
+    print("\n" + table)
+    write_json(args.json, {"results": rows, "model": model_name, "settings": settings})
+    print(f"wrote {args.json}")
+    if args.markdown:
+        atomic_write(args.markdown, f"Model: {model_name}\n\n{table}")
+        print(f"wrote {args.markdown}")
+    if args.plot:
+        plot_comparison(rows, args.plot, title=model_name)
+        print(f"wrote {args.plot}")
+
+
+@torch.no_grad()  # inference only; a decorator, not set_grad_enabled: main() may run in a caller's process
+def _cmd_eval(args) -> int:
+    from ..evaluation import TaskLog, compare_methods, parse_methods, tokenize_text
+    from ..integrations import load_model
+
+    specs = parse_methods(args.methods)
+    text, tasks = _read_inputs(args)
+    model_name = args.model or "SmolLM2-135M-Instruct (bundled GGUF)"
+    task_log = None
+    if args.per_task:  # opened (and a resumed one checked) before the slow load
+        header = {"model": model_name, "hellaswag": str(args.hellaswag)}
+        task_log = TaskLog(args.per_task, header, resume=args.resume)
     t0 = time.perf_counter()
     print(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} in float32 ...", flush=True)
     model, tokenizer = load_model(args.model, dtype=torch.float32)
@@ -55,49 +129,23 @@ def _cmd_eval(args) -> int:
             raise ValueError(f"{args.text}: {ids.numel()} tokens, fewer than one window of {args.window}")
         print(f"{args.text}: scoring {ids.numel() // args.window} windows of {args.window} tokens", flush=True)
     if tasks:
-        print(f"{args.hellaswag}: {len(tasks)} tasks", flush=True)
-
-    def show(row: dict) -> None:
-        parts = [f"{row['method']}:"]
-        if "perplexity" in row:
-            parts.append(f"perplexity {row['perplexity']:.3f}")
-        if "hellaswag_acc" in row:
-            parts.append(f"hellaswag acc {row['hellaswag_acc']:.4f} acc_norm {row['hellaswag_acc_norm']:.4f}")
-        parts.append(f"({row['seconds']:.0f} s)")
-        print(" ".join(parts), flush=True)
-
-    rows = compare_methods(
-        model, tokenizer, specs, input_ids=ids, window=args.window, tasks=tasks, progress=True, on_result=show
-    )
-    settings = {
-        "text": str(args.text) if args.text else None,
-        "max_tokens": args.max_tokens,
-        "tokens_scored": None if ids is None else (ids.numel() // args.window) * args.window,
-        "window": args.window,
-        "hellaswag": str(args.hellaswag) if args.hellaswag else None,
-        "hellaswag_limit": args.limit,
-        "hellaswag_skip": args.skip_tasks,
-        "paper_threshold": PAPER_THRESHOLD,
-        "default_config": {"threshold": DEFAULT_THRESHOLD, "activation": DEFAULT_ACTIVATION},
-        "dtype": "float32",
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "threads": torch.get_num_threads(),
-        "seconds": time.perf_counter() - t0,
-    }
-    model_name = args.model or "SmolLM2-135M-Instruct (bundled GGUF)"
-    table = markdown_table(rows, labels=None if tasks is None else [t.label for t in tasks])
-    print("\n" + table)
-    write_json(args.json, {"results": rows, "model": model_name, "settings": settings})
-    print(f"wrote {args.json}")
-    if args.markdown:
-        from ..evaluation.report import atomic_write
-
-        atomic_write(args.markdown, f"Model: {model_name}\n\n{table}")
-        print(f"wrote {args.markdown}")
-    if args.plot:
-        plot_comparison(rows, args.plot, title=model_name)
-        print(f"wrote {args.plot}")
+        print(f"{args.hellaswag}: tasks {tasks[0].index}-{tasks[-1].index} ({len(tasks)})", flush=True)
+    try:
+        rows = compare_methods(
+            model,
+            tokenizer,
+            specs,
+            input_ids=ids,
+            window=args.window,
+            tasks=tasks,
+            progress=True,
+            on_result=_show,
+            task_log=task_log,
+        )
+    finally:
+        if task_log is not None:
+            task_log.close()
+    _write_outputs(args, rows, tasks, _settings(args, ids, tasks, t0), model_name)
     return 0
 
 
@@ -123,6 +171,22 @@ def register(sub) -> None:
         type=nonnegative_int,
         default=0,
         help="start after the first S HellaSwag tasks (to split a long run into disjoint ranges)",
+    )
+    p.add_argument(
+        "--per-task",
+        type=output_file,
+        help="append each HellaSwag task's scores to this JSON Lines file as it is scored (see --resume)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the --per-task file of an interrupted run: its tasks are read back, not scored again",
+    )
+    p.add_argument(
+        "--shard",
+        type=shard,
+        metavar="I/N",
+        help="score only the I-th of N contiguous parts of the selected tasks (0-based; e.g. 0/4)",
     )
     p.add_argument(
         "--json", required=True, type=output_file, help="where to write the results (JSON; written only on success)"

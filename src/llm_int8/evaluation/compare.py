@@ -6,13 +6,16 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from ..analysis.calibration import calibration_ids
-from .hellaswag import HellaSwagTask, score_hellaswag
+from .hellaswag import HellaSwagTask
+from .hellaswag_score import score_hellaswag
 from .methods import MethodSpec, apply_method, parse_methods
 from .perplexity import perplexity
+from .tasklog import TaskLog
 
 __all__ = ["compare_methods"]
 
@@ -28,12 +31,15 @@ def compare_methods(
     tasks: list[HellaSwagTask] | None = None,
     progress: bool = False,
     on_result: Callable[[dict], None] | None = None,
+    task_log: TaskLog | None = None,
 ) -> list[dict]:
     """One result row per method: perplexity of ``input_ids`` in windows of ``window`` tokens and/or
     HellaSwag ``acc`` / ``acc_norm`` on ``tasks``, with the seconds each took.
 
     ``model`` is never modified: each method converts a copy, freed before the next.
     ``on_result`` is called with each row as soon as it is complete (for progress reports).
+    ``task_log``: each HellaSwag task's log-likelihoods are appended to it as soon as scored, and
+    tasks it already holds for a method (a resumed run) are read from it instead of scored again.
     """
     if isinstance(methods, list) and methods and all(isinstance(m, MethodSpec) for m in methods):
         specs = list(methods)
@@ -43,11 +49,17 @@ def compare_methods(
         raise ValueError("nothing to evaluate: give input_ids (perplexity) and/or HellaSwag tasks")
     if input_ids is not None and input_ids.numel() < window:
         raise ValueError(f"text has {input_ids.numel()} tokens, fewer than one window of {window}")
+    if tasks and any(t.index is None for t in tasks):
+        tasks = [replace(t, index=i) if t.index is None else t for i, t in enumerate(tasks)]
     rows = []
     for spec in specs:
         t0 = time.perf_counter()
-        calibration = calibration_ids(tokenizer) if spec.calibrated else None
-        converted = apply_method(model, spec, calibration_ids=calibration)
+        done = _done(task_log, spec.name, tasks)
+        if input_ids is None and tasks and all(t.index in done for t in tasks):
+            converted = model  # every task is in the log: nothing to run
+        else:
+            calibration = calibration_ids(tokenizer) if spec.calibrated else None
+            converted = apply_method(model, spec, calibration_ids=calibration)
         row: dict = {"method": spec.name, "description": spec.description}
         if input_ids is not None:
             t = time.perf_counter()
@@ -61,13 +73,22 @@ def compare_methods(
             )
         if tasks:
             t = time.perf_counter()
-            hs = score_hellaswag(converted, tokenizer, tasks, progress=progress, desc=f"{spec.name} hellaswag")
+            hs = score_hellaswag(
+                converted,
+                tokenizer,
+                tasks,
+                progress=progress,
+                desc=f"{spec.name} hellaswag",
+                done=done,
+                on_task=None if task_log is None else _appender(task_log, spec.name),
+            )
             row.update(
                 hellaswag_acc=hs.acc,
                 hellaswag_acc_norm=hs.acc_norm,
                 hellaswag_tasks=hs.tasks,
                 hellaswag_predictions=list(hs.predictions),  # acc_norm choices, to compare methods task by task
                 hellaswag_seconds=time.perf_counter() - t,
+                hellaswag_resumed=sum(t.index in done for t in tasks),
             )
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
@@ -77,3 +98,26 @@ def compare_methods(
             del converted
             gc.collect()
     return rows
+
+
+def _done(task_log: TaskLog | None, method: str, tasks: list[HellaSwagTask] | None) -> dict[int, tuple[float, ...]]:
+    """Log-likelihoods of ``method`` already in ``task_log``, by task index (checked against the tasks)."""
+    if task_log is None or not tasks:
+        return {}
+    labels = {t.index: t.label for t in tasks}
+    done = {}
+    for index, record in task_log.done(method).items():
+        if index in labels:
+            if record.get("label") != labels[index]:
+                raise ValueError(
+                    f"{task_log.path}: task {index} has label {record.get('label')}, the file {labels[index]}"
+                )
+            done[index] = tuple(record["log_likelihoods"])
+    return done
+
+
+def _appender(task_log: TaskLog, method: str) -> Callable[[HellaSwagTask, tuple[float, ...]], None]:
+    def append(task: HellaSwagTask, ll: tuple[float, ...]) -> None:
+        task_log.append({"method": method, "task": task.index, "label": task.label, "log_likelihoods": list(ll)})
+
+    return append
