@@ -219,6 +219,8 @@ class _Tiny(nn.Module):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_apply_method_swaps_linears_and_leaves_model_untouched(name):
+    if METHODS[name].bitsandbytes:
+        bnb = pytest.importorskip("bitsandbytes")
     model = _Tiny()
     before = copy.deepcopy(model.state_dict())
     calibration = torch.randint(0, 11, (1, 8)) if METHODS[name].calibrated else None
@@ -230,7 +232,7 @@ def test_apply_method_swaps_linears_and_leaves_model_untouched(name):
     if spec.is_float:
         assert converted is model
         return
-    expected = Int8Linear if spec.library else EmulatedInt8Linear
+    expected = Int8Linear if spec.library else bnb.nn.Linear8bitLt if spec.bitsandbytes else EmulatedInt8Linear
     assert isinstance(converted.block[0], expected) and isinstance(converted.block[2], expected)
     assert isinstance(converted.lm_head, nn.Linear)  # skipped (and tied)
     if spec.library:

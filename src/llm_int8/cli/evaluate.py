@@ -1,4 +1,5 @@
-"""``llm-int8 eval``: the paper's Table 1 on any model — perplexity and HellaSwag per int8 method."""
+"""``llm-int8 eval``: the paper's Table 1 on any model — perplexity, HellaSwag and agreement with the
+float model on chat prompts, per int8 method."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ _DEFAULT_METHODS = ",".join(
         "default",
         "calibrated",
         "precise",
+        "bitsandbytes",
     )
 )
 
@@ -43,19 +45,35 @@ def _shard(tasks: list, shard: tuple[int, int] | None) -> list:
     return part
 
 
-def _read_inputs(args):
-    """(text, tasks): every input read and checked before the slow model load."""
-    from ..evaluation import read_hellaswag, read_text
+def _methods(text: str):
+    """The method specs; bitsandbytes is left out of the default list where it is not installed."""
+    import importlib.util
 
-    if args.text is None and args.hellaswag is None:
-        raise ValueError("give --text (perplexity) and/or --hellaswag (zero-shot accuracy)")
+    from ..evaluation import parse_methods
+
+    specs = parse_methods(text)
+    if text == _DEFAULT_METHODS and importlib.util.find_spec("bitsandbytes") is None:
+        print("(bitsandbytes is not installed: its method is left out)", flush=True)
+        specs = [s for s in specs if not s.bitsandbytes]
+    return specs
+
+
+def _read_inputs(args):
+    """(text, tasks, prompts): every input read and checked before the slow model load."""
+    from ..evaluation import read_hellaswag, read_prompts, read_text
+
+    if args.text is None and args.hellaswag is None and args.agreement is None:
+        raise ValueError("give --text (perplexity), --hellaswag (zero-shot accuracy) and/or --agreement")
     if (args.resume or args.shard) and not args.hellaswag:
         raise ValueError("--resume and --shard apply to --hellaswag runs")
     if args.resume and not args.per_task:
         raise ValueError("--resume continues a --per-task file: give it")
     text = read_text(args.text) if args.text else None
     tasks = read_hellaswag(args.hellaswag, limit=args.limit, skip=args.skip_tasks) if args.hellaswag else None
-    return text, (_shard(tasks, args.shard) if tasks else None)
+    prompts = None
+    if args.agreement is not None:
+        prompts = read_prompts(args.agreement or None, limit=args.prompt_limit)
+    return text, (_shard(tasks, args.shard) if tasks else None), prompts
 
 
 def _show(row: dict) -> None:
@@ -66,6 +84,12 @@ def _show(row: dict) -> None:
         parts.append(f"hellaswag acc {row['hellaswag_acc']:.4f} acc_norm {row['hellaswag_acc_norm']:.4f}")
         if row.get("hellaswag_resumed"):
             parts.append(f"({row['hellaswag_resumed']} tasks read back from the per-task file)")
+    if "agreement" in row:
+        a = row["agreement"]
+        parts.append(
+            f"agreement: identical {a['identical']}/{a['prompts']}, first token {a['first_token_same']}/{a['prompts']},"
+            f" logits error median {a['logits_rel_error_median']:.3f} max {a['logits_rel_error_max']:.3f}"
+        )
     parts.append(f"({row['seconds']:.0f} s)")
     print(" ".join(parts), flush=True)
 
@@ -82,6 +106,9 @@ def _settings(args, ids, tasks, t0: float) -> dict:
         "hellaswag_shard": None if args.shard is None else "{}/{}".format(*args.shard),
         "hellaswag_tasks": None if not tasks else [tasks[0].index, tasks[-1].index],
         "per_task": str(args.per_task) if args.per_task else None,
+        "agreement_prompts": None if args.agreement is None else (args.agreement or "built-in"),
+        "agreement_prompt_limit": args.prompt_limit,
+        "new_tokens": args.new_tokens,
         "paper_threshold": PAPER_THRESHOLD,
         "default_config": {"threshold": DEFAULT_THRESHOLD, "activation": DEFAULT_ACTIVATION},
         "dtype": "float32",
@@ -93,9 +120,13 @@ def _settings(args, ids, tasks, t0: float) -> dict:
 
 
 def _write_outputs(args, rows: list[dict], tasks, settings: dict, model_name: str) -> None:
-    from ..evaluation.report import atomic_write, markdown_table, plot_comparison, write_json
+    from ..evaluation.report import agreement_table, atomic_write, markdown_table, plot_comparison, write_json
 
-    table = markdown_table(rows, labels=None if tasks is None else [t.label for t in tasks])
+    table = ""
+    if any("perplexity" in r or "hellaswag_acc" in r for r in rows):
+        table = markdown_table(rows, labels=None if tasks is None else [t.label for t in tasks])
+    if any("agreement" in r for r in rows):
+        table += ("\n" if table else "") + agreement_table(rows, settings["new_tokens"])
     print("\n" + table)
     write_json(args.json, {"results": rows, "model": model_name, "settings": settings})
     print(f"wrote {args.json}")
@@ -109,11 +140,11 @@ def _write_outputs(args, rows: list[dict], tasks, settings: dict, model_name: st
 
 @torch.no_grad()  # inference only; a decorator, not set_grad_enabled: main() may run in a caller's process
 def _cmd_eval(args) -> int:
-    from ..evaluation import TaskLog, compare_methods, parse_methods, tokenize_text
+    from ..evaluation import TaskLog, compare_methods, tokenize_text
     from ..integrations import load_model
 
-    specs = parse_methods(args.methods)
-    text, tasks = _read_inputs(args)
+    specs = _methods(args.methods)
+    text, tasks, prompts = _read_inputs(args)
     model_name = args.model or "SmolLM2-135M-Instruct (bundled GGUF)"
     task_log = None
     if args.per_task:  # opened (and a resumed one checked) before the slow load
@@ -130,6 +161,8 @@ def _cmd_eval(args) -> int:
         print(f"{args.text}: scoring {ids.numel() // args.window} windows of {args.window} tokens", flush=True)
     if tasks:
         print(f"{args.hellaswag}: tasks {tasks[0].index}-{tasks[-1].index} ({len(tasks)})", flush=True)
+    if prompts:
+        print(f"agreement: {len(prompts)} chat prompts, {args.new_tokens} greedy tokens each", flush=True)
     try:
         rows = compare_methods(
             model,
@@ -141,6 +174,8 @@ def _cmd_eval(args) -> int:
             progress=True,
             on_result=_show,
             task_log=task_log,
+            prompts=prompts,
+            new_tokens=args.new_tokens,
         )
     finally:
         if task_log is not None:
@@ -152,7 +187,7 @@ def _cmd_eval(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="compare int8 methods (the paper's Table 1): perplexity and HellaSwag",
+        help="compare int8 methods (the paper's Table 1): perplexity, HellaSwag, agreement with fp32",
         description="Compare the int8 quantization methods of the LLM.int8() paper on one model.",
     )
     p.add_argument("--model", help="local HF directory, .gguf file or hub id (default: bundled SmolLM2-135M-Instruct)")
@@ -171,6 +206,18 @@ def register(sub) -> None:
         type=nonnegative_int,
         default=0,
         help="start after the first S HellaSwag tasks (to split a long run into disjoint ranges)",
+    )
+    p.add_argument(
+        "--agreement",
+        nargs="?",
+        const="",
+        metavar="PROMPTS",
+        help='agreement with fp32 on chat prompts: the built-in 66, or a file (.jsonl: one {"prompt": ...} '
+        "per line; other: one prompt per line)",
+    )
+    p.add_argument("--prompt-limit", type=positive_int, default=None, help="use only the first K prompts")
+    p.add_argument(
+        "--new-tokens", type=positive_int, default=16, help="greedy tokens per prompt for --agreement (default 16)"
     )
     p.add_argument(
         "--per-task",

@@ -21,6 +21,9 @@ method                    ``X`` scale  ``W`` scale      decomposition  how it ru
                           (zeropoint)                                 float dims
 ``precise``               per token    per out feature  yes, α = 3    library: ``calibrated`` at α = 3,
                           (zeropoint)                                 value projections kept in float
+``bitsandbytes``          per token    per out feature  yes, α = 6    bitsandbytes ``Linear8bitLt`` (where
+                                                                      installed), the paper's method as
+                                                                      its authors ship it
 ========================  ===========  ===============  ============  ====================================
 
 The first nine are the paper's Table 1 (absmax activations unless named zeropoint, α = 6 where
@@ -44,7 +47,8 @@ paper's ``X_f16^h W_f16^h``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -53,6 +57,7 @@ from ..analysis.calibration import calibrate_outlier_dims
 from ..config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, PAPER_THRESHOLD, Int8Config
 from ..integrations import quantize_model
 from ..primitives import QuantizedOperand, emulated_int8_matmul, quantize_operand
+from .external import to_bitsandbytes
 
 __all__ = ["METHODS", "EmulatedInt8Linear", "MethodSpec", "apply_method", "parse_methods"]
 
@@ -79,6 +84,9 @@ class MethodSpec:
     w_zeropoint: bool | None = None  # None: as ``zeropoint``; False: zeropoint X with absmax W
     calibrated: bool = False  # library only: float dims calibrated on CALIBRATION_TEXT
     keep_float: tuple[str, ...] = ()  # library only: module names kept in float besides lm_head
+    bitsandbytes: bool = False  # run bitsandbytes' Linear8bitLt at ``threshold`` instead
+    # an experimental variant: converts a copy of the model itself (the other fields are then only labels)
+    convert: Callable[[nn.Module], nn.Module] | None = field(default=None, compare=False, repr=False)
 
     @property
     def weight_zeropoint(self) -> bool:
@@ -93,6 +101,8 @@ class MethodSpec:
             raise ValueError("library methods store an absmax vector-wise weight: set w_zeropoint=False")
         if (self.calibrated or self.keep_float) and not self.library:
             raise ValueError("calibrated float dims and keep_float apply to library methods only")
+        if self.bitsandbytes and self.library:
+            raise ValueError("a method runs either this library's Int8Linear or bitsandbytes, not both")
 
     @property
     def is_float(self) -> bool:
@@ -154,6 +164,15 @@ METHODS: dict[str, MethodSpec] = {
             threshold=3.0,
             calibrated=True,
             keep_float=("v_proj", "value"),
+        ),
+        MethodSpec(
+            "bitsandbytes",
+            "bitsandbytes Linear8bitLt: LLM.int8(), absmax, α = 6",
+            x_per_row=True,
+            w_per_row=True,
+            threshold=_A,
+            outlier_weight="int8",
+            bitsandbytes=True,
         ),
     )
 }
@@ -259,18 +278,23 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
 
 
-def _swap_linears(model: nn.Module, spec: MethodSpec, skip_modules: tuple[str, ...]) -> list[str]:
-    """Replace every linear (not skipped, weight not shared) with ``EmulatedInt8Linear``; returns names."""
-    config = Int8Config(threshold=spec.threshold, skip_modules=skip_modules)
+def _linear_targets(model: nn.Module, skip_modules: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """Every linear layer (``nn.Linear`` or ``Conv1D``) not skipped and whose weight no other module shares."""
+    config = Int8Config(skip_modules=skip_modules)
     owners: dict[int, int] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1
-    targets = [
+    return [
         (name, m)
         for name, m in model.named_modules()
         if (isinstance(m, nn.Linear) or _is_conv1d(m)) and not config.skips(name) and owners.get(id(m.weight), 0) < 2
     ]
+
+
+def _swap_linears(model: nn.Module, spec: MethodSpec, skip_modules: tuple[str, ...]) -> list[str]:
+    """Replace every linear (not skipped, weight not shared) with ``EmulatedInt8Linear``; returns names."""
+    targets = _linear_targets(model, skip_modules)
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -287,12 +311,15 @@ def apply_method(
     """A copy of ``model`` with its linear layers replaced as ``method`` says; ``model`` is untouched.
 
     ``fp32`` returns ``model`` itself (no copy). Library methods call ``quantize_model``; a
-    ``calibrated`` method first finds its float dims on ``calibration_ids`` (required for it).
+    ``calibrated`` method first finds its float dims on ``calibration_ids`` (required for it);
+    ``bitsandbytes`` swaps in bitsandbytes' ``Linear8bitLt``; a spec with ``convert`` calls it on the copy.
     """
     spec = parse_methods([method])[0] if isinstance(method, str) else method
     if spec.is_float:
         return model
     converted = copy.deepcopy(model)
+    if spec.convert is not None:
+        return spec.convert(converted)
     if spec.library:
         activation = "zeropoint" if spec.zeropoint else "absmax"
         skip = tuple(skip_modules) + spec.keep_float
@@ -304,6 +331,11 @@ def apply_method(
         return quantize_model(
             converted, threshold=spec.threshold, skip_modules=skip, activation=activation, float_dims=float_dims
         )
+    if spec.bitsandbytes:
+        targets = _linear_targets(converted, tuple(skip_modules))
+        if not targets:
+            raise ValueError(f"method {spec.name!r}: the model has no linear layer to quantize")
+        return to_bitsandbytes(converted, targets, threshold=spec.threshold)
     if not _swap_linears(converted, spec, tuple(skip_modules)):
         raise ValueError(f"method {spec.name!r}: the model has no linear layer to quantize")
     return converted

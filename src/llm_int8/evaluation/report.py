@@ -9,7 +9,7 @@ from pathlib import Path
 from .._files import atomic_output, atomic_write
 from .hellaswag import paired_difference
 
-__all__ = ["atomic_write", "markdown_table", "plot_comparison", "write_json"]
+__all__ = ["agreement_table", "atomic_write", "markdown_table", "plot_comparison", "write_json"]
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
@@ -64,28 +64,90 @@ def _acc_norm_change(row: dict, base: dict | None, labels: list[int] | None) -> 
     return text
 
 
+def agreement_table(rows: list[dict], new_tokens: int = 16) -> str:
+    """Agreement with the float model per method (rows of ``compare_methods`` with ``prompts``)."""
+    head = [
+        "method",
+        "first token = fp32's",
+        "last-position logits rel. error, median / max",
+        "KL(fp32 ‖ method), mean / max (nats)",
+        "share of fp32's tokens before the first difference",
+        f"identical {new_tokens}-token continuations",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        a = r.get("agreement")
+        if a is None:
+            continue
+        n = a["prompts"]
+        cells = [
+            f"`{r['method']}`",
+            f"{a['first_token_same']}/{n}",
+            f"{a['logits_rel_error_median']:.3f} / {a['logits_rel_error_max']:.3f}",
+            f"{a['kl_mean']:.4f} / {a['kl_max']:.4f}",
+            f"{a['matched_share_mean']:.2f}",
+            f"{a['identical']}/{n} ({100 * a['identical'] / n:.0f}%)",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_PANELS = (
+    ("perplexity", "perplexity (log scale)"),
+    ("hellaswag_acc_norm", "HellaSwag acc_norm (%)"),
+    ("agreement_identical", "identical greedy continuations (% of prompts)"),
+    ("agreement_error", "last-position logits rel. error per prompt"),
+)
+
+
+def _value(row: dict, key: str):
+    if key == "agreement_identical":
+        a = row.get("agreement")
+        return None if a is None else 100 * a["identical"] / a["prompts"]
+    value = row.get(key)
+    return None if value is None else value * (100 if key.startswith("hellaswag") else 1)
+
+
+def _error_panel(ax, rows: list[dict], label: str) -> None:
+    """Each prompt's logits error as a dot, the median as a bar, per method (log scale)."""
+    sub = [r for r in rows if r.get("agreement_prompts") and r["method"] != "fp32"]
+    for i, r in enumerate(sub):
+        errors = [p["logits_rel_error"] for p in r["agreement_prompts"]]
+        ax.scatter([i + 0.12 * ((j % 5) - 2) / 2 for j in range(len(errors))], errors, s=6, alpha=0.5, color="tab:blue")
+        ax.hlines(r["agreement"]["logits_rel_error_median"], i - 0.3, i + 0.3, color="black")
+    ax.set_xticks(range(len(sub)), [r["method"] for r in sub], rotation=35, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel(label)
+
+
 def plot_comparison(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Bar charts: perplexity (log scale) and HellaSwag acc_norm per method, written as PNG."""
+    """Bar charts per method: perplexity (log scale), HellaSwag acc_norm and identical continuations,
+    and each prompt's logits error against fp32, for the measures the rows hold; written as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    candidates = (("perplexity", "perplexity (log scale)"), ("hellaswag_acc_norm", "HellaSwag acc_norm (%)"))
-    panels = [(key, label) for key, label in candidates if any(key in r for r in rows)]
+    key_of = {"agreement_error": "agreement_prompts", "agreement_identical": "agreement"}
+    panels = [(key, label) for key, label in _PANELS if any(key_of.get(key, key) in r for r in rows)]
     if not panels:
-        raise ValueError("no perplexity or HellaSwag result to plot")
+        raise ValueError("no perplexity, HellaSwag or agreement result to plot")
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels, strict=True):
-        sub = [r for r in rows if r.get(key) is not None]
+        if key == "agreement_error":
+            _error_panel(ax, rows, label)
+            continue
+        sub = [r for r in rows if _value(r, key) is not None]
         names = [r["method"] for r in sub]
-        values = [r[key] * (100 if key.startswith("hellaswag") else 1) for r in sub]
+        values = [_value(r, key) for r in sub]
         colors = ["tab:gray" if n == "fp32" else "tab:green" if "llm.int8" in n else "tab:blue" for n in names]
         bars = ax.bar(range(len(sub)), values, color=colors)
         ax.set_xticks(range(len(sub)), names, rotation=35, ha="right")
         ax.set_ylabel(label)
         if key == "perplexity":
             ax.set_yscale("log")
+        elif key == "agreement_identical":
+            ax.set_ylim(0, 105)
         else:
             ax.set_ylim(min(values) - 2, max(values) + 2)
         for b, v in zip(bars, values, strict=True):
