@@ -80,6 +80,13 @@ def word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
 
 
+def save_tiny_llama(folder):
+    """A tiny Llama (seed 1, no special token ids) and ``word_tokenizer`` saved in ``folder``, for the CLI."""
+    tiny_model("llama", seed=1, eos_token_id=None, pad_token_id=None, bos_token_id=None).save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def input_ids(seed: int = 1, length: int = 12) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(2, VOCAB, (2, length), generator=g)

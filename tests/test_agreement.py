@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from _hf_tiny import tiny_model, word_tokenizer
+from _hf_tiny import save_tiny_llama, tiny_model, word_tokenizer
 
 from llm_int8.cli import main
 from llm_int8.evaluation import (
@@ -182,10 +182,7 @@ def test_bitsandbytes_method_is_what_transformers_loads(tmp_path):
 
 @pytest.fixture
 def model_dir(tmp_path):
-    folder = tmp_path / "fp"
-    tiny_model("llama", seed=1, eos_token_id=None, pad_token_id=None, bos_token_id=None).save_pretrained(folder)
-    word_tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path / "fp")
 
 
 def test_cli_eval_agreement_writes_json_table_and_plot(model_dir, tmp_path, capsys):

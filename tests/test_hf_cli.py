@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _hf_tiny import tiny_model, word_tokenizer
+from _hf_tiny import save_tiny_llama
 
 import llm_int8
 from llm_int8 import Int8Linear
@@ -14,11 +14,7 @@ from llm_int8.cli import main
 
 @pytest.fixture
 def model_dir(tmp_path):
-    tokenizer = word_tokenizer()
-    folder = tmp_path / "fp"
-    tiny_model("llama", seed=1, eos_token_id=None, pad_token_id=None, bos_token_id=None).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path / "fp")
 
 
 def test_quantize_then_generate(model_dir, tmp_path, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _hf_tiny import tiny_model, word_tokenizer
+from _hf_tiny import save_tiny_llama, tiny_model, word_tokenizer
 
 from llm_int8.cli import main
 from llm_int8.evaluation import (
@@ -47,10 +47,7 @@ def _tasks_file(path: Path, count: int, seed: int = 0) -> Path:
 
 @pytest.fixture
 def model_dir(tmp_path):
-    folder = tmp_path / "fp"
-    tiny_model("llama", seed=1, eos_token_id=None, pad_token_id=None, bos_token_id=None).save_pretrained(folder)
-    word_tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path / "fp")
 
 
 # --- the log itself --------------------------------------------------------------------------------
