@@ -16,6 +16,7 @@ from llm_int8.cli import main
 from llm_int8.evaluation import (
     Generation,
     Prompt,
+    TopTwo,
     apply_method,
     compare_generations,
     generate,
@@ -88,7 +89,8 @@ def test_missing_and_non_utf8_prompt_files(tmp_path):
 
 def test_compare_generations_by_hand():
     ref_logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    ref = Generation((0, 3, 1, 2), ref_logits, ((1.0, 0.4), (0.5, 0.2), (0.05, 0.01), (2.0, 0.6)))
+    steps = [TopTwo((0, 1), (0.6, 0.2), 1.0), TopTwo((3, 0), (0.5, 0.3), 0.5), TopTwo((1, 2), (0.41, 0.40), 0.05)]
+    ref = Generation((0, 3, 1, 2), ref_logits, (*steps, TopTwo((2, 3), (0.9, 0.1), 2.0)))
     other = Generation((0, 3, 2), torch.tensor([2.0, 1.5, 0.0, -1.0]))
     row = compare_generations(ref, other)
     p, q = torch.softmax(ref_logits.double(), 0), torch.softmax(other.last_logits.double(), 0)
@@ -97,11 +99,13 @@ def test_compare_generations_by_hand():
     assert row["kl"] == pytest.approx((p * (p / q).log()).sum().item())
     assert (row["matched_tokens"], row["reference_tokens"], row["first_difference"]) == (2, 4, 2)
     assert row["matched_share"] == 0.5
-    assert (row["ref_margin_logit"], row["ref_margin_prob"]) == (0.05, 0.01)  # the knife edge at step 2
+    assert row["ref_margin_logit"] == 0.05 and row["ref_margin_prob"] == pytest.approx(0.01)  # a knife edge
+    assert row["ref_top2"] == {"tokens": [1, 2], "probs": [0.41, 0.40]}
     same = compare_generations(ref, Generation(ref.tokens, ref_logits))
     assert same["identical"] and same["kl"] == 0 and same["ref_margin_logit"] is None and same["matched_share"] == 1
     flipped = compare_generations(ref, Generation((1,), torch.tensor([0.0, 1.0, 0.0, 0.0])))
-    assert not flipped["first_token_same"] and flipped["matched_tokens"] == 0 and flipped["ref_margin_prob"] == 0.4
+    assert not flipped["first_token_same"] and flipped["matched_tokens"] == 0
+    assert flipped["ref_margin_prob"] == pytest.approx(0.4)
 
 
 def test_summary_and_table():
@@ -129,7 +133,8 @@ def test_agreement_of_a_model_with_itself_and_with_a_perturbed_copy():
     prompts = _prompts()
     refs = reference_generations(model, tokenizer, prompts, new_tokens=6)
     assert all(len(r.tokens) == 6 and len(r.margins) == 6 for r in refs)
-    assert all(a >= 0 and 0 <= b <= 1 for r in refs for a, b in r.margins)
+    assert all(m.logit_gap >= 0 and 1 >= m.probs[0] >= m.probs[1] >= 0 for r in refs for m in r.margins)
+    assert all(m.tokens[0] == t for r in refs for m, t in zip(r.margins, r.tokens, strict=True))  # greedy
     same = summarize_agreement(measure_agreement(model, tokenizer, prompts, refs, new_tokens=6))
     assert same["identical"] == 4 and same["kl_max"] == 0 and same["logits_rel_error_max"] == 0
     noisy = copy.deepcopy(model)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 
 from ._args import add_int8_options, nonempty_text, positive_int
-from .demo import greedy
 
 __all__ = ["register"]
 
 
 def _cmd_generate(args) -> int:
+    from ..evaluation import generate
     from ..integrations import from_pretrained, load_model, load_tokenizer
 
     # the tokenizer first: a missing one fails in a second, not after the model has loaded
@@ -25,7 +25,8 @@ def _cmd_generate(args) -> int:
         model, _ = load_model(args.model, dtype=torch.float32)
     else:
         model = from_pretrained(args.model, threshold=args.threshold, activation=args.activation)
-    print(greedy(model, tokenizer, args.prompt, args.max_new_tokens))
+    answer = generate(model, tokenizer, args.prompt, args.max_new_tokens)
+    print(tokenizer.decode(list(answer.tokens), skip_special_tokens=True).strip())
     return 0
 
 

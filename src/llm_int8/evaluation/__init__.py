@@ -3,6 +3,7 @@ and the paper's Table 1 method comparison."""
 
 from .agreement import (
     Generation,
+    TopTwo,
     compare_generations,
     generate,
     measure_agreement,
@@ -33,6 +34,7 @@ __all__ = [
     "PairedDifference",
     "PerplexityResult",
     "Prompt",
+    "TopTwo",
     "TaskLog",
     "apply_method",
     "batched_log_likelihoods",

@@ -12,8 +12,9 @@ Per prompt:
 * ``identical``: the whole continuation is the same token for token (an end-of-sequence token
   included, so two answers that stop at the same place are identical);
 * ``ref_margin_logit`` / ``ref_margin_prob``: at the first difference, the reference's gap between
-  its top two tokens (logits; probabilities). A small gap is a knife edge: any perturbation, a
-  float rounding included, may flip it; a large one is a real error.
+  its top two tokens (logits; probabilities), and ``ref_top2`` those tokens with their
+  probabilities. A small gap is a knife edge: any perturbation, a float rounding included, may
+  flip it; a large one is a real error.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .prompts import Prompt
 
 __all__ = [
     "Generation",
+    "TopTwo",
     "agreement_row",
     "chat_input_ids",
     "compare_generations",
@@ -39,13 +41,22 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class TopTwo:
+    """The two most likely next tokens at one step: ids, probabilities, and their logit gap."""
+
+    tokens: tuple[int, int]
+    probs: tuple[float, float]
+    logit_gap: float
+
+
+@dataclass(frozen=True)
 class Generation:
     """A greedy continuation: its new tokens, the logits at the prompt's last position, and (for a
-    reference) per generated step the gap between the top two tokens (logit gap, probability gap)."""
+    reference) the top two tokens at every generated step."""
 
     tokens: tuple[int, ...]
     last_logits: torch.Tensor  # (vocab,) float32
-    margins: tuple[tuple[float, float], ...] = ()
+    margins: tuple[TopTwo, ...] = ()
 
 
 def chat_input_ids(tokenizer, prompt: str) -> dict[str, torch.Tensor]:
@@ -59,11 +70,11 @@ def chat_input_ids(tokenizer, prompt: str) -> dict[str, torch.Tensor]:
     return {k: enc[k] for k in ("input_ids", "attention_mask") if k in enc}
 
 
-def _top2_gaps(step_logits: torch.Tensor) -> tuple[float, float]:
+def _top_two(step_logits: torch.Tensor) -> TopTwo:
     logits = step_logits.float()
-    top = logits.topk(2).values
-    probs = torch.softmax(logits, dim=-1).topk(2).values
-    return (top[0] - top[1]).item(), (probs[0] - probs[1]).item()
+    top = logits.topk(2)
+    probs = torch.softmax(logits, dim=-1)[top.indices]
+    return TopTwo(tuple(top.indices.tolist()), tuple(probs.tolist()), (top.values[0] - top.values[1]).item())
 
 
 @torch.no_grad()
@@ -82,7 +93,7 @@ def generate(model, tokenizer, prompt: str, new_tokens: int = 16, margins: bool 
     )
     tokens = tuple(out.sequences[0, enc["input_ids"].shape[1] :].tolist())
     steps = out.logits  # one (1, vocab) per generated token
-    gaps = tuple(_top2_gaps(s[0]) for s in steps) if margins else ()
+    gaps = tuple(_top_two(s[0]) for s in steps) if margins else ()
     return Generation(tokens, steps[0][0].float().cpu(), gaps)
 
 
@@ -97,7 +108,7 @@ def compare_generations(ref: Generation, other: Generation) -> dict:
         matched += 1
     identical = ref.tokens == other.tokens
     first_diff = None if identical else matched
-    margin = ref.margins[first_diff] if first_diff is not None and first_diff < len(ref.margins) else (None, None)
+    top2 = ref.margins[first_diff] if first_diff is not None and first_diff < len(ref.margins) else None
     return {
         "first_token_same": int(l_ref.argmax()) == int(l_q.argmax()),
         "logits_rel_error": ((l_q - l_ref).norm() / l_ref.norm()).item(),
@@ -107,8 +118,9 @@ def compare_generations(ref: Generation, other: Generation) -> dict:
         "matched_share": matched / max(len(ref.tokens), 1),
         "identical": identical,
         "first_difference": first_diff,
-        "ref_margin_logit": margin[0],
-        "ref_margin_prob": margin[1],
+        "ref_margin_logit": None if top2 is None else top2.logit_gap,
+        "ref_margin_prob": None if top2 is None else top2.probs[0] - top2.probs[1],
+        "ref_top2": None if top2 is None else {"tokens": list(top2.tokens), "probs": list(top2.probs)},
     }
 
 
