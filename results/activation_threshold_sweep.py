@@ -7,21 +7,18 @@ Usage: python results/activation_threshold_sweep.py OUT.json N SETTINGS
 (fp32 and absmax@6 on the same tokens: results/library_32k.json)"""
 
 import copy
-import json
-import sys
 import time
 
-import torch
+from _setup import arguments, load, wikitext_ids, write_json
 
 from llm_int8 import quantize_model
-from llm_int8.evaluation import perplexity, read_text, tokenize_text
-from llm_int8.integrations import load_model
+from llm_int8.evaluation import perplexity
 
-torch.set_grad_enabled(False)
-model, tokenizer = load_model(None)
-ids = tokenize_text(tokenizer, read_text("../shared/data/wikitext-2/test.txt"), int(sys.argv[2]))
+out, tokens, settings = arguments(__doc__, str, int, str)
+model, tokenizer = load()
+ids = wikitext_ids(tokenizer, tokens)
 rows = []
-for setting in sys.argv[3].split(","):
+for setting in settings.split(","):
     activation, alpha = setting.split("@")
     quantized = quantize_model(copy.deepcopy(model), threshold=float(alpha), activation=activation)
     start = time.time()
@@ -36,5 +33,4 @@ for setting in sys.argv[3].split(","):
         }
     )
     print(rows[-1], flush=True)
-with open(sys.argv[1], "w") as f:
-    json.dump(rows, f, indent=1)
+write_json(out, rows)

@@ -9,16 +9,13 @@ the dims found at the most layer inputs, the layer types, and the layers with th
 """
 
 import collections
-import json
-import sys
 
-import torch
+from _setup import arguments, load, write_json
 
 from llm_int8.analysis import calibrate_outlier_dims, calibration_ids
-from llm_int8.integrations import load_model
 
-torch.set_grad_enabled(False)
-model, tok = load_model(None)
+(out_path,) = arguments(__doc__, str)
+model, tok = load()
 ids = calibration_ids(tok)
 out = {"calibration_tokens": ids.numel()}
 for alpha in (6.0, 3.0):
@@ -33,4 +30,4 @@ for alpha in (6.0, 3.0):
     }
     print(f"α = {alpha:g}: {summary}")
     out[f"alpha={alpha:g}"] = {"summary": summary, "float_dims": {k: list(v) for k, v in dims.items()}}
-json.dump(out, open(sys.argv[1], "w"), indent=1)
+write_json(out_path, out)

@@ -13,21 +13,18 @@ kept in float, and their combinations (``precise`` = all three at α = 3).
 """
 
 import copy
-import json
 import math
-import sys
 import time
 
 import torch
+from _setup import arguments, atomic_write, load, wikitext_ids, write_json
 
 from llm_int8.analysis import calibrate_outlier_dims, calibration_ids
-from llm_int8.evaluation import read_text, tokenize_text
-from llm_int8.integrations import linear_memory, load_model, quantize_model
+from llm_int8.integrations import linear_memory, quantize_model
 
-torch.set_grad_enabled(False)
-text, tokens, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-model, tok = load_model(None)
-ids = tokenize_text(tok, read_text(text), tokens)
+text, tokens, out = arguments(__doc__, str, int, str)
+model, tok = load()
+ids = wikitext_ids(tok, tokens, path=text)
 ids = ids[: ids.numel() // 512 * 512].view(-1, 512)
 targets = ids[:, 1:].reshape(-1)
 
@@ -75,7 +72,7 @@ steps = [
     measure("calibrated, value in float", skip=VALUE, calibrated=True),
     measure("precise: calibrated, α = 3, value in float", threshold=3.0, skip=VALUE, calibrated=True),
 ]
-json.dump({"text": text, "tokens": ids.numel(), "per_type": per_type, "steps": steps}, open(out, "w"), indent=1)
+write_json(out, {"text": text, "tokens": ids.numel(), "per_type": per_type, "steps": steps})
 lines = [
     "| variant | KL to fp32 (×1e-3) | std Δ log p | Δ ppl | float dims | linear layers (MiB) |",
     "| --- | --- | --- | --- | --- | --- |",
@@ -85,5 +82,5 @@ for r in per_type + steps:
         f"| {r['variant']} | {1e3 * r['kl']:.2f} | {r['logp_change_std']:.4f} | "
         f"{100 * r['perplexity_change']:+.2f}% | {r['float_dims']} | {r['linear_mib']:.1f} |"
     )
-open(out.removesuffix(".json") + ".md", "w").write("\n".join(lines) + "\n")
+atomic_write(out.removesuffix(".json") + ".md", "\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -9,13 +9,14 @@ Every run scored the same 609 windows of 512 tokens (checked from each JSON's se
 
 import json
 import re
-import sys
-from pathlib import Path
+
+from _setup import HERE as here
+from _setup import arguments, atomic_write
 
 from llm_int8.evaluation import METHODS
-from llm_int8.evaluation.report import atomic_write, markdown_table, plot_comparison
+from llm_int8.evaluation.report import markdown_table, plot_comparison
 
-here = Path(__file__).parent
+(stem,) = arguments(__doc__, str)
 log = (here / "full_fp32.log").read_text()
 fp32 = float(re.search(r"^fp32: perplexity ([0-9.]+)", log, re.M).group(1))
 rows = [{"method": "fp32", "description": METHODS["fp32"].description, "perplexity": fp32}]
@@ -35,5 +36,5 @@ for name in METHODS:
 print(f"settings: {settings}")
 table = markdown_table(rows)
 print(table)
-atomic_write(sys.argv[1] + ".md", f"SmolLM2-135M-Instruct, full WikiText-2 test text: {settings}\n\n{table}")
-plot_comparison(rows, sys.argv[1] + ".png", title="SmolLM2-135M, WikiText-2 test (609 windows of 512)")
+atomic_write(stem + ".md", f"SmolLM2-135M-Instruct, full WikiText-2 test text: {settings}\n\n{table}")
+plot_comparison(rows, stem + ".png", title="SmolLM2-135M, WikiText-2 test (609 windows of 512)")

@@ -10,20 +10,17 @@ fewer choices loses less accuracy: a flip of a better-than-chance model costs ac
 """
 
 import copy
-import json
 import statistics
-import sys
 import time
 
-import torch
+from _setup import arguments, hellaswag_tasks, load, write_json
 
-from llm_int8.evaluation import read_hellaswag, score_hellaswag
-from llm_int8.integrations import load_model, quantize_model
+from llm_int8.evaluation import score_hellaswag
+from llm_int8.integrations import quantize_model
 
-torch.set_grad_enabled(False)
-path, skip, count, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-tasks = read_hellaswag(path, limit=count, skip=skip)
-model, tok = load_model(None)
+path, skip, count, out = arguments(__doc__, str, int, int, str)
+tasks = hellaswag_tasks(skip, count, path=path)
+model, tok = load()
 chars = [[len(" " + e) for e in t.endings] for t in tasks]
 
 
@@ -65,4 +62,4 @@ for name, kw in variants.items():
         }
     )
     print(rows[-1], flush=True)
-json.dump({"tasks": [skip, skip + count], "fp32_acc_norm": base.acc_norm, "rows": rows}, open(out, "w"), indent=1)
+write_json(out, {"tasks": [skip, skip + count], "fp32_acc_norm": base.acc_norm, "rows": rows})

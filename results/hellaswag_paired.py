@@ -1,53 +1,66 @@
-"""Paired comparison of HellaSwag acc_norm choices, task by task, from ``llm-int8 eval`` JSON files.
+"""Paired comparison of HellaSwag acc_norm choices, task by task, from ``llm-int8 eval`` outputs.
 
-Usage: python results/hellaswag_paired.py [--base METHOD] HELLASWAG_FILE JSON [JSON ...]
+Usage: python results/hellaswag_paired.py [--base METHOD] HELLASWAG_FILE RESULT [RESULT ...]
   e.g. python results/hellaswag_paired.py ../shared/data/hellaswag/hellaswag_val_full.txt.bz2 \\
-           results/hellaswag_1000_fp32_paper.json results/full_default.json \\
-           results/hellaswag_1000-1999_fp32_default.json
+           results/hellaswag_full_fp32.jsonl results/hellaswag_full_default.jsonl
 
-Each JSON says which tasks it scored (``settings.hellaswag_skip``, ``settings.hellaswag_limit``).
-Runs of one method over disjoint task ranges are joined, so a long evaluation can be split. Every
-method is compared with ``fp32`` (or ``--base METHOD``) on the tasks both scored: acc_norm, the
-difference in points, its paired standard error (``llm_int8.evaluation.paired_difference``), and
-how many choices differ."""
+A RESULT is an ``llm-int8 eval --json`` file (which says which tasks it scored:
+``settings.hellaswag_skip`` / ``hellaswag_limit`` / ``hellaswag_tasks``) or a per-task log
+(``--per-task``, ``.jsonl``: each record names its task). Runs of one method over disjoint task
+ranges, shards and resumed runs are joined; a task scored twice must have the same choice.
+Every method is compared with ``fp32`` (or ``--base METHOD``) on the tasks both scored: acc_norm,
+the difference in points, its paired standard error and 95% interval
+(``llm_int8.evaluation.paired_difference``), and how many choices differ."""
 
 import json
-import sys
 
-from llm_int8.evaluation import paired_difference, read_hellaswag
+from _setup import arguments
 
-args = sys.argv[1:]
+from llm_int8.evaluation import read_hellaswag, read_task_log
+from llm_int8.evaluation.hellaswag import paired_difference
+from llm_int8.evaluation.hellaswag_score import choices as task_choices
+
+args = arguments(__doc__, str, str, ...)
 base_method = "fp32"
-if args[:1] == ["--base"]:
+if args[0] == "--base":
     base_method, args = args[1], args[2:]
 path, files = args[0], args[1:]
+tasks = {t.index: t for t in read_hellaswag(path)}
 choices: dict[str, dict[int, int]] = {}  # method -> task index -> acc_norm choice
-labels: dict[int, int] = {}
+
+
+def record(name: str, method: str, index: int, choice: int) -> None:
+    seen = choices.setdefault(method, {})
+    if seen.get(index, choice) != choice:
+        raise SystemExit(f"{name}: {method} chose {choice} on task {index}, another file {seen[index]}")
+    seen[index] = choice
+
+
 for name in files:
+    if name.endswith(".jsonl"):
+        for r in read_task_log(name)[1]:
+            record(name, r["method"], r["task"], task_choices(tasks[r["task"]], tuple(r["log_likelihoods"]))[1])
+        continue
     data = json.load(open(name))
     skip = data["settings"].get("hellaswag_skip") or 0
-    tasks = read_hellaswag(path, limit=data["settings"]["hellaswag_limit"], skip=skip)
-    labels.update({skip + i: t.label for i, t in enumerate(tasks)})
+    first = (data["settings"].get("hellaswag_tasks") or [skip])[0]
     for row in data["results"]:
-        if "hellaswag_predictions" in row:
-            seen = choices.setdefault(row["method"], {})
-            for i, p in enumerate(row["hellaswag_predictions"]):
-                if skip + i in seen:
-                    raise SystemExit(f"{name}: {row['method']} scored task {skip + i} twice")
-                seen[skip + i] = p
+        for i, p in enumerate(row.get("hellaswag_predictions", [])):
+            record(name, row["method"], first + i, p)
 base = choices[base_method]
 print(
     f"| method | tasks | acc_norm | Δ vs {base_method} (points) | paired standard error (points) "
-    f"| choices differing from {base_method} |"
+    f"| 95% interval (points) | choices differing from {base_method} |"
 )
-print("| --- | --- | --- | --- | --- | --- |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for method, preds in choices.items():
     idx = sorted(set(preds) & set(base))
-    y = [labels[i] for i in idx]
+    y = [tasks[i].label for i in idx]
     d = paired_difference(y, [base[i] for i in idx], [preds[i] for i in idx])
-    acc = sum(preds[i] == labels[i] for i in idx) / len(idx)
+    low, high = d.interval()
+    acc = sum(preds[i] == tasks[i].label for i in idx) / len(idx)
     span = f"{idx[0]}–{idx[-1]}" if idx[-1] - idx[0] + 1 == len(idx) else f"{len(idx)} (not contiguous)"
     print(
         f"| `{method}` | {span} | {100 * acc:.2f} | {100 * d.difference:+.2f} | {100 * d.stderr:.2f}"
-        f" | {d.differing} of {d.tasks} |"
+        f" | {100 * low:+.2f} to {100 * high:+.2f} | {d.differing} of {d.tasks} |"
     )

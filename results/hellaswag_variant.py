@@ -8,28 +8,21 @@ Runs the real ``Int8Linear`` path through ``compare_methods`` and writes the sam
 ``llm-int8 eval`` (settings ``hellaswag_skip`` / ``hellaswag_limit``, per-task predictions), so
 ``results/hellaswag_paired.py`` can pair it with the fp32 runs."""
 
-import dataclasses
-import json
-import sys
-
 import torch
+from _setup import arguments, hellaswag_tasks, library_variant, load, write_json
 
-from llm_int8.evaluation import METHODS, compare_methods, read_hellaswag
-from llm_int8.integrations import load_model
+from llm_int8.evaluation import compare_methods
 
-path, skip, limit, activation, threshold, out = sys.argv[1:7]
-skip, limit, threshold = int(skip), int(limit), float(threshold)
-tasks = read_hellaswag(path, limit=limit, skip=skip)
-spec = dataclasses.replace(  # the default method with other activation codes and α
-    METHODS["default"],
-    name=f"{activation}@{threshold:g}",
-    description=f"LLM.int8(), {activation} per-token activations, α = {threshold:g}",
+path, skip, limit, activation, threshold, out = arguments(__doc__, str, int, int, str, float, str)
+tasks = hellaswag_tasks(skip, limit, path=path)
+spec = library_variant(  # the default method with other activation codes and α
+    f"{activation}@{threshold:g}",
+    f"LLM.int8(), {activation} per-token activations, α = {threshold:g}",
     zeropoint=activation == "zeropoint",
     threshold=threshold,
 )
-torch.set_grad_enabled(False)
-model, tok = load_model(None)
+model, tok = load()
 rows = compare_methods(model, tok, [spec], tasks=tasks, progress=True)
 settings = {"hellaswag": path, "hellaswag_skip": skip, "hellaswag_limit": limit, "torch": torch.__version__}
-json.dump({"results": rows, "settings": settings}, open(out, "w"), indent=1)
+write_json(out, {"results": rows, "settings": settings})
 print({k: v for k, v in rows[0].items() if k != "hellaswag_predictions"})

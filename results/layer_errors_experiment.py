@@ -2,18 +2,14 @@
 
 Usage: python results/layer_errors_experiment.py OUT.json"""
 
-import json
-import sys
+from _setup import arguments, load, wikitext_ids, write_json
 
-import torch
-
-from llm_int8.evaluation import METHODS, MethodSpec, read_text, tokenize_text
+from llm_int8.evaluation import METHODS, MethodSpec
 from llm_int8.evaluation.diagnose import layer_errors
-from llm_int8.integrations import load_model
 
-torch.set_grad_enabled(False)
-m, tok = load_model(None)
-ids = tokenize_text(tok, read_text("/work/shared/data/wikitext-2/test.txt"), 256)
+(out,) = arguments(__doc__, str)
+m, tok = load()
+ids = wikitext_ids(tok, 256)
 floatw = MethodSpec(
     "llm.int8+floatW",
     "vector-wise + decomposition, outlier columns x float W (emulated)",
@@ -23,4 +19,4 @@ floatw = MethodSpec(
     outlier_weight="float",
 )
 rows = layer_errors(m, ids, [METHODS["vectorwise"], METHODS["llm.int8"], floatw, METHODS["default"]])
-json.dump(rows, open(sys.argv[1], "w"), indent=1)
+write_json(out, rows)

@@ -2,28 +2,16 @@
 
 Usage: python results/threshold_experiment.py OUT.json"""
 
-import json
-import sys
+from _setup import arguments, library_variant, load, wikitext_ids, write_json
 
-import torch
+from llm_int8.evaluation import compare_methods
 
-from llm_int8.evaluation import MethodSpec, compare_methods, read_text, tokenize_text
-from llm_int8.integrations import load_model
-
-torch.set_grad_enabled(False)
-m, tok = load_model(None)
-ids = tokenize_text(tok, read_text("/work/shared/data/wikitext-2/test.txt"), 1024)
+(out,) = arguments(__doc__, str)
+m, tok = load()
+ids = wikitext_ids(tok, 1024)
 specs = [
-    MethodSpec(
-        f"llm.int8@{t}",
-        f"library Int8Linear, threshold {t}",
-        library=True,
-        x_per_row=True,
-        w_per_row=True,
-        threshold=t,
-        outlier_weight="int8",
-    )
+    library_variant(f"llm.int8@{t}", f"library Int8Linear, threshold {t}", base="llm.int8", threshold=t)
     for t in (4.0, 3.0)
 ]
 rows = compare_methods(m, tok, specs, input_ids=ids, window=512, on_result=lambda r: print(r, flush=True))
-json.dump(rows, open(sys.argv[1], "w"), indent=1)
+write_json(out, rows)

@@ -8,20 +8,17 @@ stored int8 codes (per-row absmax), when only ``X`` is (the default: zeropoint p
 with |x| >= 6 kept exact), and when both are; averaged per layer type."""
 
 import collections
-import json
 import statistics
-import sys
 
 import torch
+from _setup import arguments, load, wikitext_ids, write_json
 from torch import nn
 
-from llm_int8.evaluation import read_text, tokenize_text
-from llm_int8.integrations import load_model
 from llm_int8.primitives import outlier_columns, rowwise_quantize, zeropoint_quantize
 
-torch.set_grad_enabled(False)
-model, tok = load_model(None)
-ids = tokenize_text(tok, read_text("/work/shared/data/wikitext-2/test.txt"), 256)
+(out_path,) = arguments(__doc__, str)
+model, tok = load()
+ids = wikitext_ids(tok, 256)
 names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith("lm_head")]
 inputs = {}
 hooks = [
@@ -56,4 +53,4 @@ for n in names:
 out = {t: {k: statistics.mean(v) for k, v in d.items()} for t, d in per_type.items()}
 for t, d in out.items():
     print(f"| {t} | " + " | ".join(f"{100 * d[k]:.2f}%" for k in ("W only", "X only", "both")) + " |")
-json.dump(out, open(sys.argv[1], "w"), indent=1)
+write_json(out_path, out)

@@ -2,17 +2,13 @@
 
 Usage: python results/zeropoint_x_experiment.py OUT.json"""
 
-import json
-import sys
+from _setup import arguments, load, wikitext_ids, write_json
 
-import torch
+from llm_int8.evaluation import MethodSpec, compare_methods
 
-from llm_int8.evaluation import MethodSpec, compare_methods, read_text, tokenize_text
-from llm_int8.integrations import load_model
-
-torch.set_grad_enabled(False)
-m, tok = load_model(None)
-ids = tokenize_text(tok, read_text("/work/shared/data/wikitext-2/test.txt"), 1024)
+(out,) = arguments(__doc__, str)
+m, tok = load()
+ids = wikitext_ids(tok, 1024)
 specs = [
     MethodSpec(
         "llm.int8+zeropointX",
@@ -26,4 +22,4 @@ specs = [
     )
 ]
 rows = compare_methods(m, tok, specs, input_ids=ids, window=512, on_result=lambda r: print(r, flush=True))
-json.dump(rows, open(sys.argv[1], "w"), indent=1)
+write_json(out, rows)
