@@ -96,11 +96,14 @@ def test_compare_generations_by_hand():
     p, q = torch.softmax(ref_logits.double(), 0), torch.softmax(other.last_logits.double(), 0)
     assert row["first_token_same"] is True and row["identical"] is False
     assert row["logits_rel_error"] == pytest.approx(0.5 / math.sqrt(6))
+    assert row["logits_rel_error_centred"] == pytest.approx(math.sqrt(0.1875 / 5))
     assert row["kl"] == pytest.approx((p * (p / q).log()).sum().item())
     assert (row["matched_tokens"], row["reference_tokens"], row["first_difference"]) == (2, 4, 2)
     assert row["matched_share"] == 0.5
     assert row["ref_margin_logit"] == 0.05 and row["ref_margin_prob"] == pytest.approx(0.01)  # a knife edge
     assert row["ref_top2"] == {"tokens": [1, 2], "probs": [0.41, 0.40]}
+    shifted = compare_generations(ref, Generation(ref.tokens, ref_logits + 5.0))  # the same distribution
+    assert shifted["logits_rel_error"] > 1 and shifted["logits_rel_error_centred"] < 1e-12 and shifted["kl"] < 1e-12
     same = compare_generations(ref, Generation(ref.tokens, ref_logits))
     assert same["identical"] and same["kl"] == 0 and same["ref_margin_logit"] is None and same["matched_share"] == 1
     flipped = compare_generations(ref, Generation((1,), torch.tensor([0.0, 1.0, 0.0, 0.0])))
@@ -114,12 +117,14 @@ def test_summary_and_table():
         {"first_token_same": False, "logits_rel_error": 0.30, "kl": 0.100, "matched_share": 0.0, "identical": False},
         {"first_token_same": True, "logits_rel_error": 0.05, "kl": 0.002, "matched_share": 0.5, "identical": False},
     ]
+    for r, c in zip(rows, (0.02, 0.2, 0.04), strict=True):
+        r["logits_rel_error_centred"] = c
     s = summarize_agreement(rows)
     assert (s["prompts"], s["first_token_same"], s["identical"]) == (3, 2, 1)
     assert (s["logits_rel_error_median"], s["logits_rel_error_max"]) == (0.05, 0.30)
     assert s["kl_mean"] == pytest.approx(0.103 / 3) and s["matched_share_mean"] == pytest.approx(0.5)
     table = agreement_table([{"method": "default", "agreement": s}])
-    assert "| `default` | 2/3 | 0.050 / 0.300 | 0.0343 / 0.1000 | 0.50 | 1/3 (33%) |" in table
+    assert "| `default` | 2/3 | 0.050 / 0.300 | 0.040 / 0.200 | 0.0343 / 0.1000 | 0.50 | 1/3 (33%) |" in table
     with pytest.raises(ValueError, match="no agreement row"):
         summarize_agreement([])
 

@@ -53,6 +53,10 @@ def _agreement_summary(model, int8_model, tokenizer, n: int, new_tokens: int) ->
         f"| last-position logits rel. error, median / max | {a['logits_rel_error_median']:.3f} / "
         f"{a['logits_rel_error_max']:.3f} |"
     )
+    print(
+        f"| the same with the logits centred (a shift of all logits changes nothing) | "
+        f"{a['logits_rel_error_centred_median']:.3f} / {a['logits_rel_error_centred_max']:.3f} |"
+    )
     print(f"| KL(fp32 ‖ int8) of the next token, mean | {a['kl_mean']:.4f} nats |")
     edges = [r for r in rows if not r["identical"] and r["ref_margin_prob"] is not None]
     if edges:

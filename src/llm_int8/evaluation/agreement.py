@@ -5,7 +5,12 @@ answered greedily for ``new_tokens`` tokens by the float reference and by the co
 Per prompt:
 
 * ``first_token_same``: the two pick the same first token (argmax at the prompt's last position);
-* ``logits_rel_error``: ``||l_q - l|| / ||l||`` of the logits at the prompt's last position;
+* ``logits_rel_error``: ``||l_q - l|| / ||l||`` of the logits at the prompt's last position, and
+  ``logits_rel_error_centred``: the same with each logit vector's mean removed first. A shift of
+  every logit by one constant leaves the next-token distribution as it is, but SmolLM2's logits
+  have a mean of about 10 against a spread of about 3.5, so the plain error counts mostly such a
+  shift (0.25 on "What is the capital of France?", of which 0.10 centred); the centred error and
+  the KL measure what the distribution sees;
 * ``kl``: ``KL(p_ref || p_q)`` of the next-token distributions there (nats);
 * ``matched_tokens`` / ``matched_share``: how many of the reference's greedy tokens the converted
   model reproduces before its first difference, and that count over the reference's length;
@@ -97,6 +102,11 @@ def generate(model, tokenizer, prompt: str, new_tokens: int = 16, margins: bool 
     return Generation(tokens, steps[0][0].float().cpu(), gaps)
 
 
+def _centred_error(l_ref: torch.Tensor, l_q: torch.Tensor) -> float:
+    c_ref, c_q = l_ref - l_ref.mean(), l_q - l_q.mean()
+    return ((c_q - c_ref).norm() / c_ref.norm()).item()
+
+
 def compare_generations(ref: Generation, other: Generation) -> dict:
     """The per-prompt measures of ``other`` against ``ref`` (module docstring)."""
     l_ref, l_q = ref.last_logits.double(), other.last_logits.double()
@@ -112,6 +122,7 @@ def compare_generations(ref: Generation, other: Generation) -> dict:
     return {
         "first_token_same": int(l_ref.argmax()) == int(l_q.argmax()),
         "logits_rel_error": ((l_q - l_ref).norm() / l_ref.norm()).item(),
+        "logits_rel_error_centred": _centred_error(l_ref, l_q),
         "kl": (logp_ref.exp() * (logp_ref - logp_q)).sum().clamp_min(0).item(),
         "matched_tokens": matched,
         "reference_tokens": len(ref.tokens),
@@ -136,16 +147,20 @@ def agreement_row(prompt: Prompt, ref: Generation, other: Generation, tokenizer)
 
 
 def summarize_agreement(rows: list[dict]) -> dict:
-    """Totals over prompts: counts, median / max logits error, mean / median / max KL, mean matched share."""
+    """Totals over prompts: counts, median / max logits errors (plain, centred), mean / median / max KL,
+    mean matched share."""
     if not rows:
         raise ValueError("no agreement row to summarize")
     err = [r["logits_rel_error"] for r in rows]
+    centred = [r["logits_rel_error_centred"] for r in rows]
     kl = [r["kl"] for r in rows]
     return {
         "prompts": len(rows),
         "first_token_same": sum(r["first_token_same"] for r in rows),
         "logits_rel_error_median": statistics.median(err),
         "logits_rel_error_max": max(err),
+        "logits_rel_error_centred_median": statistics.median(centred),
+        "logits_rel_error_centred_max": max(centred),
         "kl_mean": statistics.fmean(kl),
         "kl_median": statistics.median(kl),
         "kl_max": max(kl),
