@@ -10,9 +10,13 @@ A RESULT is an ``llm-int8 eval --json`` file (which says which tasks it scored:
 ranges, shards and resumed runs are joined; a task scored twice must have the same choice.
 Every method is compared with ``fp32`` (or ``--base METHOD``) on the tasks both scored: acc_norm,
 the difference in points, its paired standard error and 95% interval
-(``llm_int8.evaluation.paired_difference``), and how many choices differ."""
+(``llm_int8.evaluation.paired_difference``), and how many choices differ; where both come from
+per-task logs, also the score noise: the standard deviation, over every ending, of the change in
+its acc_norm score (log-likelihood per character, nats) — a finer measure than the accuracy, which
+moves only where the noise changes a choice."""
 
 import json
+import statistics
 
 from _setup import arguments
 
@@ -27,6 +31,7 @@ if args[0] == "--base":
 path, files = args[0], args[1:]
 tasks = {t.index: t for t in read_hellaswag(path)}
 choices: dict[str, dict[int, int]] = {}  # method -> task index -> acc_norm choice
+scores: dict[str, dict[int, list[float]]] = {}  # method -> task index -> per-ending log-likelihood per char
 
 
 def record(name: str, method: str, index: int, choice: int) -> None:
@@ -39,7 +44,12 @@ def record(name: str, method: str, index: int, choice: int) -> None:
 for name in files:
     if name.endswith(".jsonl"):
         for r in read_task_log(name)[1]:
-            record(name, r["method"], r["task"], task_choices(tasks[r["task"]], tuple(r["log_likelihoods"]))[1])
+            task = tasks[r["task"]]
+            record(name, r["method"], r["task"], task_choices(task, tuple(r["log_likelihoods"]))[1])
+            chars = [len(" " + e) for e in task.endings]
+            scores.setdefault(r["method"], {})[r["task"]] = [
+                ll / n for ll, n in zip(r["log_likelihoods"], chars, strict=True)
+            ]
         continue
     data = json.load(open(name))
     skip = data["settings"].get("hellaswag_skip") or 0
@@ -50,9 +60,9 @@ for name in files:
 base = choices[base_method]
 print(
     f"| method | tasks | acc_norm | Δ vs {base_method} (points) | paired standard error (points) "
-    f"| 95% interval (points) | choices differing from {base_method} |"
+    f"| 95% interval (points) | choices differing from {base_method} | score noise (nats/char) |"
 )
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for method, preds in choices.items():
     idx = sorted(set(preds) & set(base))
     y = [tasks[i].label for i in idx]
@@ -60,7 +70,11 @@ for method, preds in choices.items():
     low, high = d.interval()
     acc = sum(preds[i] == tasks[i].label for i in idx) / len(idx)
     span = f"{idx[0]}–{idx[-1]}" if idx[-1] - idx[0] + 1 == len(idx) else f"{len(idx)} (not contiguous)"
+    mine, theirs = scores.get(method, {}), scores.get(base_method, {})
+    both = [i for i in idx if i in mine and i in theirs]
+    changes = [a - b for i in both for a, b in zip(mine[i], theirs[i], strict=True)]
+    noise = f"{statistics.pstdev(changes):.4f}" if len(changes) > 1 else "—"
     print(
         f"| `{method}` | {span} | {100 * acc:.2f} | {100 * d.difference:+.2f} | {100 * d.stderr:.2f}"
-        f" | {100 * low:+.2f} to {100 * high:+.2f} | {d.differing} of {d.tasks} |"
+        f" | {100 * low:+.2f} to {100 * high:+.2f} | {d.differing} of {d.tasks} | {noise} |"
     )
