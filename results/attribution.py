@@ -4,11 +4,13 @@ Usage: python results/attribution.py AGREEMENT.json K OUT.json
   e.g. python results/attribution.py results/remedies_screen.json 8 results/attribution.json
 
 Takes the K prompts on which the ``default`` row of AGREEMENT.json (an ``llm-int8 eval
---agreement`` or ``results/remedies.py`` output) has the largest last-position logits error, and
-for each, on the prompt in the chat template:
+--agreement`` or ``results/remedies.py`` output) has the largest KL(fp32 ‖ default) at the last
+position (the plain logits error is mostly a shift of every logit, which KL does not see), and for
+each, on the prompt in the chat template:
 
 * ``float_swap_in``: the default model with one group of layers put back to float — each layer
-  type (all 30 ``v_proj`` ...) and each block — and the error left at the last position;
+  type (all 30 ``v_proj`` ...) and each block — and the KL and centred logits error left at the
+  last position;
 * ``token_errors``: per layer, on the float model's own inputs, the token with the largest output
   error, with its row's absmax and mean |x| (outside the |x| >= 6 columns); the same for the
   per-token outlier rule (``relcol@30``, results/remedies.py) beside it.
@@ -32,21 +34,25 @@ from llm_int8.evaluation.variants import RelativeOutlierLinear, wrap_linears
 
 def _worst(path: str, k: int) -> list[dict]:
     rows = next(r for r in json.load(open(path))["results"] if r["method"] == "default")["agreement_prompts"]
-    return sorted(rows, key=lambda r: -r["logits_rel_error"])[:k]
+    return sorted(rows, key=lambda r: -r["kl"])[:k]
 
 
 def _summary(prompt_id: str, text: str, tokens: list[str], swaps: list[dict], errs: list[dict], rel: list[dict]) -> str:
     base = swaps[0]
-    best = sorted(swaps[1:], key=lambda r: r["logits_rel_error"])[:5]
+    best = sorted(swaps[1:], key=lambda r: r["kl"])[:5]
     top = sorted(errs, key=lambda r: -r["error"])[:3]
     rel_by_layer = {r["layer"]: r for r in rel}
     lines = [
-        f"**{prompt_id}** ({text[:60]!r}{'...' if len(text) > 60 else ''}): last-position logits error "
-        f"{base['logits_rel_error']:.3f}, KL {base['kl']:.4f}",
+        f"**{prompt_id}** ({text[:60]!r}{'...' if len(text) > 60 else ''}): at the last position KL "
+        f"{base['kl']:.4f}, logits error {base['logits_rel_error']:.3f} "
+        f"(centred {base['logits_rel_error_centred']:.3f})",
         "",
-        "| put back to float | logits error left | KL left |",
+        "| put back to float | KL left | centred logits error left |",
         "| --- | --- | --- |",
-        *(f"| {r['group']} ({r['layers']} layers) | {r['logits_rel_error']:.3f} | {r['kl']:.4f} |" for r in best),
+        *(
+            f"| {r['group']} ({r['layers']} layers) | {r['kl']:.4f} | {r['logits_rel_error_centred']:.3f} |"
+            for r in best
+        ),
         "",
         "| layer | worst token | its output error (default / per-token rule) | median over tokens "
         "| row absmax / mean abs |",
