@@ -21,6 +21,9 @@ from __future__ import annotations
 
 from _setup import HELLASWAG, arguments, atomic_write, hellaswag_tasks, library_variant, load, wikitext_ids, write_json
 
+import torch
+from torch import nn
+
 from llm_int8 import quantize_model
 from llm_int8.evaluation import METHODS, TaskLog, compare_methods, read_prompts
 from llm_int8.evaluation.report import agreement_table, markdown_table
@@ -70,6 +73,25 @@ VARIANTS["relcol@30+vproj-float"] = library_variant(
     "per-token outlier rule β = 30, value projections in float",
     convert=_relcol(30.0, skip_modules=("lm_head", "v_proj")),
 )
+
+
+def _rounded_linears(dtype: torch.dtype):
+    """The float model with the weights of the layers int8 would convert rounded to ``dtype`` (computed in
+    float32): how far a perturbation much smaller than int8's moves the answers."""
+
+    def convert(m):
+        for name, layer in m.named_modules():
+            if isinstance(layer, nn.Linear) and not name.endswith("lm_head"):
+                layer.weight.data = layer.weight.data.to(dtype).float()
+        return m
+
+    return convert
+
+
+for _dtype, _bits in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
+    VARIANTS[f"{_bits}-weights"] = library_variant(
+        f"{_bits}-weights", f"fp32 with the linear weights rounded to {_bits}", convert=_rounded_linears(_dtype)
+    )
 
 
 def _measures(text: str) -> dict:
