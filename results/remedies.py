@@ -19,9 +19,8 @@ per-token outlier rule: a dim is an outlier where some token's |x| >= β x that 
 
 from __future__ import annotations
 
-from _setup import HELLASWAG, arguments, atomic_write, hellaswag_tasks, library_variant, load, wikitext_ids, write_json
-
 import torch
+from _setup import HELLASWAG, arguments, atomic_write, hellaswag_tasks, library_variant, load, wikitext_ids, write_json
 from torch import nn
 
 from llm_int8 import quantize_model
