@@ -14,7 +14,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # kernels chosen by the fixed order, not by timing: results and dispatch must not depend on the load
-# of the machine (tests of ops/autotune.py turn it back on, with their own cache directory)
+# of the machine (tests of ops/cpu_choice.py turn it back on, with their own cache directory)
 os.environ["LLM_INT8_AUTOTUNE"] = "0"
 os.environ.pop("LLM_INT8_CPU_BACKEND", None)
 

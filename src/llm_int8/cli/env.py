@@ -50,11 +50,14 @@ def _version(module: str) -> str:
 def _cmd_env(args) -> int:
     import torch
 
-    from ..ops import _capability, autotune, custom_op, weight_only
+    from ..ops import custom_op
+    from ..ops.choice import cpu as cpu_choice
+    from ..ops.forward import weight_only_limit
+    from ..ops.kernels import probes
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, flags = autotune._cpu_description()
+    model, flags = cpu_choice.cpu_description()
     present = set(flags.split())
     print("## CPU")
     print(f"model: {model}")
@@ -70,21 +73,22 @@ def _cmd_env(args) -> int:
 
     print("\n## Kernels")
     print(f"quantized engine: {torch.backends.quantized.engine}; oneDNN: {torch.backends.mkldnn.is_available()}")
-    kernels = _capability.admitted_cpu_kernels()
+    kernels = cpu_choice.admitted_kernels()
     print(f"int8 x int8 GEMMs admitted (passed their exactness self-test): {', '.join(kernels) or 'none'}")
-    print(f"fixed-order choice (timing off): {_capability.cpu_int8_backend()}")
-    print(f"weight-only int8 x bf16 kernel: {'yes' if _capability.has_weight_int8pack_mm() else 'no'}")
+    print(f"fixed-order choice (timing off): {cpu_choice.fixed_kernel()}")
+    print(f"weight-only int8 x bf16 kernel: {'yes' if probes.has_weight_int8pack_mm() else 'no'}")
     print(f"torch.compile custom op {custom_op.OP_NAME}: {'registered' if custom_op.available() else 'unavailable'}")
 
     print("\n## Choice by measurement")
-    forced = os.environ.get(autotune.BACKEND_ENV)
-    print(f"timing: {'on' if autotune.enabled() else 'off'} ({autotune.AUTOTUNE_ENV}); forced: {forced or 'no'}")
-    print(f"cache file: {autotune.cache_path()}")
+    forced = os.environ.get(cpu_choice.BACKEND_ENV) or "no"
+    timing = "on" if cpu_choice.timing_enabled() else "off"
+    print(f"timing: {timing} ({cpu_choice.AUTOTUNE_ENV}); forced: {forced}")
+    print(f"cache file: {cpu_choice.cache_path()}")
     for in_features, out_features in args.tune or ():
         for tokens in args.tokens:
-            autotune.cpu_gemm(out_features, in_features, tokens)
-        weight_only.auto_max_tokens(in_features, out_features)
-    decisions = autotune.decisions()
+            cpu_choice.gemm_kernel(out_features, in_features, tokens)
+        weight_only_limit(in_features, out_features)
+    decisions = cpu_choice.decisions()
     if not decisions:
         print("no decisions yet (a layer's first call makes them; --tune INxOUT makes them now)")
     for key, value in sorted(decisions.items(), key=lambda item: _natural(item[0])):

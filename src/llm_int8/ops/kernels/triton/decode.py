@@ -4,7 +4,7 @@ At a few tokens a linear layer is bound by reading its weight: this kernel reads
 byte once (one program per block of output features covers every token and all of K), converts it
 to X's dtype (exact for int8 codes) and accumulates ``X W_i8^T`` in float32 with ``tl.dot``; ``s_w``
 and the bias are applied to the float32 sum. It is the int8-weight, float-activation path of
-``ops/weight_only.py`` for GPUs (no activation quantization, no outlier split, more accurate than the
+``kernels/weight_only.py`` for GPUs (no activation quantization, no outlier split, more accurate than the
 int8 x int8 product); ``int8_linear`` takes it for at most ``weight_only_max_tokens`` tokens.
 Its reference is ``decode_linear_reference`` (float64).
 """

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..nn import Int8Linear
-from ..primitives.quantize import INT8_MAX
-from .convert import _is_linear
-from .hf_quantizer import LLMInt8Config, LLMInt8HfQuantizer
+from ...nn import Int8Linear
+from ...primitives.quantize import INT8_MAX
+from ..surgery.convert import is_linear
+from .quantizer import LLMInt8Config, LLMInt8HfQuantizer
 
 __all__ = ["atomic_directory", "save_bitsandbytes", "save_pretrained"]
 
@@ -138,7 +138,7 @@ def _ensure_config(model: nn.Module) -> LLMInt8Config:
     activations = {m.activation for m in layers.values()}
     if len(activations) > 1:
         raise ValueError(f"the Int8Linear layers use different activations {sorted(activations)}; the format holds one")
-    kept = sorted(n for n, m in model.named_modules() if _is_linear(m))
+    kept = sorted(n for n, m in model.named_modules() if is_linear(m))
     qconfig = LLMInt8Config(
         threshold=thresholds.pop(), modules_to_not_convert=kept, activation=activations.pop(), float_dims=float_dims
     )

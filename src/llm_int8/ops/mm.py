@@ -2,10 +2,11 @@
 
 Backends, each equal to ``llm_int8.primitives.int8_matmul_reference`` bit for bit:
 
-* CUDA: cuBLASLt through ``torch._int_mm``, padded to its shape rules (``ops/cuda.py``).
-* CPU: the kernel ``ops/autotune.py`` measured fastest for the shape and token bucket among those
-  that passed their exactness self-test: oneDNN's s8 x s8 GEMM without split (VNNI / AMX only),
-  fbgemm's or oneDNN's u8 x s8 GEMM on sign-split 7-bit codes (``ops/cpu.py``), ``torch._int_mm``
+* CUDA: cuBLASLt through ``torch._int_mm``, padded to its shape rules (``kernels/cuda_gemm.py``).
+* CPU: the kernel ``choice/cpu.py`` chose for the shape and token bucket among those admitted
+  (exact on their self-test): oneDNN's s8 x s8 GEMM without split (VNNI / AMX only), fbgemm on a
+  pair-bounded weight, fbgemm's or oneDNN's u8 x s8 GEMM on sign-split 7-bit codes
+  (``kernels/cpu_gemm.py``), ``torch._int_mm``
   (a generic loop on CPUs without AVX-512: about 3.5 s for 512x4096x4096 on the AVX2 machine of
   BENCHMARKS.md, against 0.25 s for the split). The weight is reordered per call unless its packed
   layout is passed (``prepack_int8_weight``).
@@ -17,7 +18,9 @@ from __future__ import annotations
 import torch
 
 from ..primitives import int8_matmul_reference
-from . import _capability, autotune, cpu, cuda
+from .choice import cpu as cpu_choice
+from .kernels import cpu_gemm, probes
+from .kernels.cuda_gemm import int_mm_padded
 from .prepack import PackedWeight
 
 __all__ = ["int8_mm"]
@@ -32,12 +35,12 @@ def _check_operands(A_i8: torch.Tensor, B_i8: torch.Tensor) -> None:
         raise ValueError(f"int8_mm operands are on different devices: {A_i8.device} and {B_i8.device}")
 
 
-def _cpu_weight(B_i8: torch.Tensor, packed: PackedWeight | None, backend: str) -> cpu.CpuInt8Weight:
+def _cpu_weight(B_i8: torch.Tensor, packed: PackedWeight | None, backend: str) -> cpu_gemm.CpuInt8Weight:
     # a layout passed in was built by prepack_int8_weight and keeps any other kernel's layout it is
     # asked for; without one, pack now (per call)
-    if isinstance(packed, cpu.CpuInt8Weight):
+    if isinstance(packed, cpu_gemm.CpuInt8Weight):
         return packed.for_kernel(backend, B_i8)
-    return cpu.prepack(B_i8, backend)
+    return cpu_gemm.prepack(B_i8, backend)
 
 
 def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWeight | None = None) -> torch.Tensor:
@@ -51,16 +54,16 @@ def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWeight | No
     if M == 0 or N == 0 or A_i8.shape[1] == 0:
         return torch.zeros(M, N, dtype=torch.int32, device=A_i8.device)
     device = A_i8.device
-    if device.type == "cuda" and _capability.has_int_mm():
-        return cuda.int_mm_padded(A_i8, B_i8)
+    if device.type == "cuda" and probes.has_int_mm():
+        return int_mm_padded(A_i8, B_i8)
     if device.type == "cpu":
-        backend = autotune.cpu_gemm(N, A_i8.shape[1], M)
-        if backend in (_capability.ONEDNN_S8, _capability.FBGEMM_PAIRS):  # no split: -128 is fine
-            return cpu.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
+        backend = cpu_choice.gemm_kernel(N, A_i8.shape[1], M)
+        if backend in (probes.ONEDNN_S8, probes.FBGEMM_PAIRS):  # no split: -128 is fine
+            return cpu_gemm.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
         # the sign split needs codes in [-127, 127]; LLM.int8()'s quantizers never produce -128
-        if backend in (_capability.FBGEMM, _capability.ONEDNN) and not (A_i8 == -128).any():
-            return cpu.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
-        if backend == _capability.INT_MM:
+        if backend in (probes.FBGEMM, probes.ONEDNN) and not (A_i8 == -128).any():
+            return cpu_gemm.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
+        if backend == probes.INT_MM:
             # B^T as a view of the (N, K) weight: 5x faster than a contiguous (K, N) copy (torch 2.13, AVX2)
             return torch._int_mm(A_i8.contiguous(), B_i8.T)
     return int8_matmul_reference(A_i8, B_i8)
@@ -73,7 +76,7 @@ def int8_mm_float(A_codes: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWe
     the CPU kernels read them as they are, skipping an int8 and an int32 round trip.
     """
     if A_codes.device.type == "cpu" and A_codes.shape[0] and B_i8.shape[0] and B_i8.shape[1]:
-        backend = autotune.cpu_gemm(B_i8.shape[0], B_i8.shape[1], A_codes.shape[0])
-        if backend in cpu.KERNELS:
-            return cpu.int8_mm_float(A_codes, B_i8, _cpu_weight(B_i8, packed, backend))
+        backend = cpu_choice.gemm_kernel(B_i8.shape[0], B_i8.shape[1], A_codes.shape[0])
+        if backend in cpu_gemm.KERNELS:
+            return cpu_gemm.int8_mm_float(A_codes, B_i8, _cpu_weight(B_i8, packed, backend))
     return int8_mm(A_codes.to(torch.int8), B_i8, packed=packed).float()

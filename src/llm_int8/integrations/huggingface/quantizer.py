@@ -30,11 +30,11 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, Int8Config
-from ..nn import Int8Linear
-from ..primitives import rowwise_quantize
-from .convert import _is_linear, _set_submodule, dequantize_model
-from .swap import automatic_skip_modules, int8_targets, is_conv1d, swap_linears_on_meta
+from ...config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD, Int8Config
+from ...nn import Int8Linear
+from ...primitives import rowwise_quantize
+from ..surgery.convert import dequantize_model, is_linear, set_submodule
+from ..surgery.swap import automatic_skip_modules, int8_targets, is_conv1d, swap_linears_on_meta
 
 __all__ = [
     "BITSANDBYTES_ALIASES",
@@ -229,7 +229,7 @@ def is_placeholder(shape, dtype: torch.dtype) -> bool:
 
 def _linears_under(model, prefixes: list[str]) -> list[str]:
     """Names of the linear layers at or below any of the module names ``prefixes`` (``""`` = all)."""
-    names = [n for n, m in model.named_modules() if _is_linear(m)]
+    names = [n for n, m in model.named_modules() if is_linear(m)]
     return [n for n in names if any(p == "" or n == p or n.startswith(p + ".") for p in prefixes)]
 
 
@@ -279,7 +279,7 @@ class _QuantizeOnLoad(ConversionOps):
             if bias is not None:
                 new.bias = bias  # already loaded (keys arrive sorted, bias first) or filled in later
             new.train(old.training)
-            _set_submodule(model, layer, new)
+            set_submodule(model, layer, new)
             _mark_initialized(model, [layer])
             if missing_keys is not None:
                 missing_keys.discard(key)

@@ -34,13 +34,13 @@ sparse: 3% of SmolLM2-135M's pairs, under 2% of a Gaussian 4096 x 4096 weight's 
 full-range u8 x s8 GEMM on M rows (fbgemm, ``reduce_range`` off, a two-row sentinel making its
 activation scale exactly 1 and zero point 128) gives ``X_i8 W_safe^T``, and a sparse product adds
 ``X_i8 W_fix^T``: measured 1.7-1.9x faster than the sign split on the AVX2 machine of BENCHMARKS.md
-(SmolLM2 and 4096 x 4096 shapes, 512 tokens). The self-test of ``_capability.py`` puts pairs exactly
+(SmolLM2 and 4096 x 4096 shapes, 512 tokens). The self-test of ``probes.py`` puts pairs exactly
 at the bound (and a kernel pairing other entries would fail it).
 
 A third kernel, ``ONEDNN_S8``, is the same oneDNN call on the signed codes as they are, with no
 split: half the arithmetic. It is exact only where the CPU accumulates int8 products straight into
 int32 (VNNI ``vpdpbusd``, AMX); without VNNI it saturates like the others, which its self-test in
-``_capability.py`` detects, so it is never admitted there. Its float output is ``float32(C_i32)``
+``probes.py`` detects, so it is never admitted there. Its float output is ``float32(C_i32)``
 rounded once by the kernel, so ``int8_mm_float`` needs no exactness check for it.
 
 Why the float output is exact: float32 holds every integer with ``|v| <= 2**24`` and rounding is
@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..primitives import INT8_MAX, int8_matmul_reference
+from ...primitives import INT8_MAX, int8_matmul_reference
 
 __all__ = [
     "FBGEMM",
@@ -100,7 +100,7 @@ class CpuInt8Weight:
     zero_point: torch.Tensor | None = None  # oneDNN: (N,) int64 zeros
     fix: torch.Tensor | None = None  # FBGEMM_PAIRS: W_fix (N, K) sparse CSR, float32 if always_exact, else float64
     # layouts of the same weight for the other kernels, packed on first use (the kernel choice of
-    # ops/autotune.py may differ per token bucket); derived like this one
+    # ops/choice/cpu.py may differ per token bucket); derived like this one
     others: dict = field(default_factory=dict, repr=False)
     # int8 weight columns W_i8[:, k] (N,) of recent outlier dims k, contiguous: a column of the
     # row-major weight is N reads one row (often one page) apart, 0.4 ms for 3 columns of a
@@ -123,7 +123,7 @@ class CpuInt8Weight:
 def _prepack_fbgemm(W_i8: torch.Tensor) -> object:
     with warnings.catch_warnings():
         # quantized tensor constructors are deprecated in torch >= 2.10; this is their only use,
-        # and _capability.has_fbgemm_linear() checks the result before the kernel is ever chosen
+        # and probes.has_fbgemm_linear() checks the result before the kernel is ever chosen
         warnings.simplefilter("ignore", UserWarning)
         W_q = torch._make_per_tensor_quantized_tensor(W_i8, 1.0, 0)  # qint8 view of the codes, scale 1
     return torch.ops.quantized.linear_prepack(W_q, None)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...primitives import int8_matmul_reference
+from ....primitives import int8_matmul_reference
 from . import _bind, interpreting
 
 _bind()  # records the mode the kernels below are bound to
@@ -53,7 +53,7 @@ def gemm_configs() -> list[triton.Config]:
     Hopper (H100/H200, 228 KB shared memory per SM): 128 x 256 x 128 int8 tiles in 3 stages keep the
     tensor cores fed; Ampere (A100, 164 KB): 128 x 128 x 128 in 4 stages. Small-M tiles serve decode
     and short prompts. A tile that does not fit a GPU's shared memory fails to compile and the
-    autotuner drops it, so one list serves both generations. ``python -m llm_int8.ops.triton.aot``
+    autotuner drops it, so one list serves both generations. ``python -m llm_int8.ops.kernels.triton.aot``
     compiled each for sm_80 and sm_90a without a GPU: all fit, none spills on sm_90a (wgmma for
     BLOCK_M >= 64); 128 x 256 x 128 spills 624 B/thread on sm_80 (the autotuner will see it slow there),
     and 128 x 128 x 64 with 4 warps, which spilled on sm_80 too, was dropped.

@@ -1,6 +1,6 @@
 """LLM.int8()'s forward on Triton: kernel (a) then kernels (b) + (c), three launches in all.
 
-Same numerics as ``ops/int8_linear.py`` on CPU: bit-identical codes, scales and zero points, an exact
+Same numerics as ``ops/forward.py`` on CPU: bit-identical codes, scales and zero points, an exact
 int32 product; the float parts (zero-point correction in int32 rather than float32, the outlier
 product with fp16 / bf16 operands and float32 accumulation) differ from the CPU path only by float32
 rounding. The oracle is ``llm_int8.primitives.int8_linear_reference``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..epilogue import compute_weight_row_sums
 from .gemm import int8_gemm
 from .quantize import quantize_activations
 
@@ -35,7 +36,7 @@ def int8_linear_triton(
     static_idx = None if float_columns is None else float_columns[0]
     X_i8, s_x, zp_x, outlier_idx, X_O = quantize_activations(X, threshold, activation, static_idx)
     if zp_x is not None and row_sums is None:
-        row_sums = W_i8.sum(dim=1, dtype=torch.float32)  # (N,)
+        row_sums = compute_weight_row_sums(W_i8)  # (N,)
     addend = None
     if float_columns is not None:
         addend = X.index_select(1, float_columns[0]).float() @ float_columns[1].float().T  # (M, N) X_S W_S^T

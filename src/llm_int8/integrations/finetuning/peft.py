@@ -8,7 +8,7 @@ which an int8 layer cannot hold, so ``merge`` dequantizes, adds the update in fl
 the result again (row-wise absmax, as ``Int8Linear.from_linear``), as peft does for bitsandbytes'
 8-bit layers. Merged weights therefore carry one extra int8 rounding; ``unmerge`` is exact only up to
 it. To merge into float instead, dequantize the base first: ``model.dequantize()`` (or
-``llm_int8.integrations.convert.dequantize_model``) turns the base layers into ``nn.Linear`` and
+``llm_int8.integrations.surgery.convert.dequantize_model``) turns the base layers into ``nn.Linear`` and
 ``merge`` then runs peft's float merge.
 
 How it reaches peft: peft picks a LoRA layer class through ``LoraConfig._register_custom_module``
@@ -16,7 +16,7 @@ How it reaches peft: peft picks a LoRA layer class through ``LoraConfig._registe
 ``LoraModel._create_new_module`` so that every LoRA config (the user's, or one
 ``PeftModel.from_pretrained`` reads from an adapter folder) has ``Int8Linear -> Int8LoraLinear``
 registered before peft dispatches; a mapping the user registered for ``Int8Linear`` is kept.
-``llm_int8.integrations.peft_hook`` calls ``install()`` once peft is imported; this module imports peft
+``llm_int8.integrations.finetuning.peft_hook`` calls ``install()`` once peft is imported; this module imports peft
 and is never imported by ``llm_int8`` itself, so peft stays optional.
 """
 
@@ -30,8 +30,8 @@ from peft.tuners.lora.model import LoraModel
 from peft.tuners.lora.variants import DoraLinearVariant
 from peft.tuners.tuners_utils import check_adapters_to_merge
 
-from ..nn import Int8Linear
-from ..primitives import rowwise_quantize
+from ...nn import Int8Linear
+from ...primitives import rowwise_quantize
 
 __all__ = ["Int8LoraLinear", "install"]
 

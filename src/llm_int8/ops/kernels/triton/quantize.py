@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...primitives import INT8_MAX, outlier_columns, rowwise_quantize, zeropoint_quantize
+from ....primitives import INT8_MAX, outlier_columns, rowwise_quantize, zeropoint_quantize
 from . import _bind, interpreting
 
 _bind()  # records the mode the kernels below are bound to

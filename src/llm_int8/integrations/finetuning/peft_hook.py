@@ -1,4 +1,4 @@
-"""Install the peft support (``llm_int8.integrations.peft``) as soon as peft is imported, and not before.
+"""Install the peft support (``llm_int8.integrations.finetuning.peft``) as soon as peft is imported, and not before.
 
 Importing peft costs seconds and peft is optional, so ``import llm_int8`` must not import it. If peft
 is already imported, ``install_when_imported()`` installs the support at once; otherwise it puts a

@@ -8,35 +8,18 @@ kernel on CPU: int8 weight, bf16 activations, float32 accumulation.
 It is not a different quantization of the model: the stored ``weight_int8`` and ``weight_scale``
 are the same, and ``X`` keeps every feature dim at bf16 precision (no per-token int8 step, so no
 outlier can spoil one), which is more accurate than the int8 x int8 path. ``Int8Linear`` takes it
-for inputs of at most ``weight_only_max_tokens`` rows, where the measured crossover says it is
-faster (BENCHMARKS.md). Its oracle is ``llm_int8.primitives.int8_weight_only_reference``.
+for inputs of at most ``weight_only_max_tokens`` rows, where it is faster: ``ops/choice/cpu.py``
+measures the crossover per layer shape (BENCHMARKS.md). Its oracle is
+``llm_int8.primitives.int8_weight_only_reference``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _capability
+from . import probes
 
-__all__ = [
-    "AUTO_MAX_MACS",
-    "AUTO_MAX_TOKENS",
-    "K_MULTIPLE",
-    "auto_max_tokens",
-    "available",
-    "fixed_max_tokens",
-    "int8_weight_only_linear",
-]
-
-AUTO_MAX_TOKENS = 16
-AUTO_MAX_MACS = 2**24
-"""Without timing (``LLM_INT8_AUTOTUNE=0``), ``Int8Linear`` takes this path (CPU) while
-``tokens <= AUTO_MAX_TOKENS`` and ``tokens * in_features * out_features <= AUTO_MAX_MACS``: the
-crossover once measured against the int8 x int8 path on an AVX2 CPU (``benchmarks/bench_layers.py``,
-BENCHMARKS.md section (c)); with timing on, ``ops/autotune.py`` measures it per layer shape. This
-kernel's time grows linearly with the tokens, the int8 path's is mostly a fixed per-call overhead at small M: on the
-576 x 1536 layers of SmolLM2 it wins up to 16 tokens (not at 128), on 4096 x 4096 only at 1 token,
-and on 4096 x 11008 not at all."""
+__all__ = ["K_MULTIPLE", "available", "int8_weight_only_linear"]
 
 K_MULTIPLE = 16
 """The kernel runs only for ``in_features % K_MULTIPLE == 0``. Its x86 inner loop (torch's
@@ -46,20 +29,6 @@ vector loads and no remainder loop, so any other K reads past each row: on an AV
 _ALIGN = 64  # bytes: the kernel's aligned loads need each row, hence the base pointer, aligned
 
 
-def fixed_max_tokens(in_features: int, out_features: int) -> int:
-    """The crossover rule used without timing (0 for layers above 2**24 weights)."""
-    return min(AUTO_MAX_TOKENS, AUTO_MAX_MACS // (in_features * out_features))
-
-
-def auto_max_tokens(in_features: int, out_features: int) -> int:
-    """The default ``weight_only_max_tokens`` of an (in, out) layer: the crossover measured on this
-    machine once per shape (``ops/autotune.py``; at most ``AUTO_MAX_TOKENS``), or ``fixed_max_tokens``
-    where timing is off."""
-    from . import autotune  # it times this module's kernel; imported here to keep the import one-way
-
-    return autotune.weight_only_max_tokens(in_features, out_features)
-
-
 def int8_weight_only_linear(
     x: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -67,7 +36,7 @@ def int8_weight_only_linear(
 
     The kernel multiplies by unit scales; ``weight_scale`` (float32) is applied afterwards in float32,
     so the scales are not rounded to bf16. The caller checks shapes and that the kernel is available
-    (``_capability.has_weight_int8pack_mm``); no autograd.
+    (``probes.has_weight_int8pack_mm``); no autograd.
     """
     N, K = weight_int8.shape
     if K % K_MULTIPLE:
@@ -84,7 +53,7 @@ def int8_weight_only_linear(
 
 def available(device: torch.device, in_features: int) -> bool:
     """Whether the weight-only kernel runs (and is right) for a layer of ``in_features`` on ``device``."""
-    return device.type == "cpu" and in_features % K_MULTIPLE == 0 and _capability.has_weight_int8pack_mm()
+    return device.type == "cpu" and in_features % K_MULTIPLE == 0 and probes.has_weight_int8pack_mm()
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:

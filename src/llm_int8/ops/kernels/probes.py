@@ -1,7 +1,11 @@
-"""Capability probes: which integer GEMM this process can run on CPU, and why.
+"""Capability probes: which integer GEMM kernels this process can run on CPU, and whether they are exact.
 
-Dispatch code calls these through the module (``_capability.cpu_int8_backend()``), never through
-names imported from it, so that a test can patch one probe and run every branch on any machine.
+Each probe runs its kernel once on codes chosen to expose the known ways an x86 int8 GEMM goes wrong
+(int16 pair sums that saturate, 7-bit misreadings) and compares with the float64 product. Which of
+the exact kernels is *used* is decided one layer up, in ``ops/choice/``, by measurement.
+
+Callers go through the module (``probes.has_fbgemm_linear()``), never through names imported from
+it, so that a test can patch one probe and run every branch on any machine.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 
 import torch
 
-from . import cpu
+from . import cpu_gemm
 
 __all__ = [
     "FBGEMM",
@@ -20,8 +24,7 @@ __all__ = [
     "ONEDNN",
     "ONEDNN_S8",
     "REFERENCE",
-    "admitted_cpu_kernels",
-    "cpu_int8_backend",
+    "exact_cpu_kernels",
     "has_fbgemm_linear",
     "has_fbgemm_pairs_linear",
     "has_int_mm",
@@ -33,13 +36,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FBGEMM = cpu.FBGEMM
-"""fbgemm's u8 x s8 GEMM behind ``quantized::linear_dynamic`` on sign-split 7-bit codes (``cpu.py``)."""
-FBGEMM_PAIRS = cpu.FBGEMM_PAIRS
-"""fbgemm's u8 x s8 GEMM on full 8-bit codes, no split, on a pair-bounded weight plus a sparse fix (``cpu.py``)."""
-ONEDNN = cpu.ONEDNN
+FBGEMM = cpu_gemm.FBGEMM
+"""fbgemm's u8 x s8 GEMM behind ``quantized::linear_dynamic`` on sign-split 7-bit codes (``cpu_gemm.py``)."""
+FBGEMM_PAIRS = cpu_gemm.FBGEMM_PAIRS
+"""fbgemm's u8 x s8 GEMM on full 8-bit codes, no split, on a pair-bounded weight plus a sparse fix (``cpu_gemm.py``)."""
+ONEDNN = cpu_gemm.ONEDNN
 """oneDNN's u8 x s8 GEMM behind ``onednn::qlinear_pointwise``, same split; slow below ~32 rows."""
-ONEDNN_S8 = cpu.ONEDNN_S8
+ONEDNN_S8 = cpu_gemm.ONEDNN_S8
 """oneDNN's s8 x s8 GEMM on the codes as they are, no split: exact only with VNNI or AMX (int32 sums)."""
 INT_MM = "int_mm"
 """``torch._int_mm``: exact, but a generic loop on CPU (seconds for 512x4096x4096 on AVX2)."""
@@ -59,7 +62,7 @@ def _self_test(kernel: str) -> bool:
         if kernel == INT_MM:
             C = torch._int_mm(A, W.T)
         else:
-            C = cpu.int8_mm_int32(A, W, cpu.prepack(W, kernel))
+            C = cpu_gemm.int8_mm_int32(A, W, cpu_gemm.prepack(W, kernel))
     except (RuntimeError, AttributeError, NotImplementedError) as err:
         logger.debug("CPU int8 kernel %s unavailable: %s", kernel, err)
         return False
@@ -75,7 +78,7 @@ def _self_test(kernel: str) -> bool:
 def has_fbgemm_linear() -> bool:
     """fbgemm's quantized linear is registered (x86 builds) and exact on this CPU."""
     if torch.backends.quantized.engine not in ("x86", "fbgemm"):
-        return False  # qnnpack (ARM) ignores reduce_range, so the unit scale of cpu.py would not hold
+        return False  # qnnpack (ARM) ignores reduce_range, so the unit scale of cpu_gemm.py would not hold
     return _self_test(FBGEMM)
 
 
@@ -131,11 +134,12 @@ def has_int_mm() -> bool:
     return hasattr(torch, "_int_mm")
 
 
-def admitted_cpu_kernels() -> list[str]:
-    """Every CPU integer GEMM that passed its self-test here, in the fixed order of ``cpu_int8_backend``.
+def exact_cpu_kernels() -> list[str]:
+    """Every CPU integer GEMM that runs here and passed its exactness self-test, in order of preference
+    when nothing is measured (no split before split, fbgemm before oneDNN, ``INT_MM`` last).
 
-    ``ops/autotune.py`` times these and picks one per shape and token bucket; ``REFERENCE`` is
-    not among them (float64, always exact, only ever the fallback)."""
+    ``REFERENCE`` is not among them (float64, always exact, only ever the fallback). Which of these
+    may be used at all, and which one runs for a shape, is ``ops/choice/cpu.py``'s business."""
     probes = {
         ONEDNN_S8: has_onednn_s8_linear,
         FBGEMM_PAIRS: has_fbgemm_pairs_linear,
@@ -144,20 +148,3 @@ def admitted_cpu_kernels() -> list[str]:
         INT_MM: has_int_mm_cpu,
     }
     return [kernel for kernel, probe in probes.items() if probe()]
-
-
-def cpu_int8_backend() -> str:
-    """The integer GEMM for CPU tensors when nothing is measured: ``ONEDNN_S8`` (VNNI / AMX: no
-    split, half the work), ``FBGEMM_PAIRS`` (no split on AVX2), ``FBGEMM``, ``ONEDNN``, ``INT_MM``,
-    ``REFERENCE``, the first admitted."""
-    if has_onednn_s8_linear():
-        return ONEDNN_S8
-    if has_fbgemm_pairs_linear():
-        return FBGEMM_PAIRS
-    if has_fbgemm_linear():
-        return FBGEMM
-    if has_onednn_linear():
-        return ONEDNN
-    if has_int_mm():
-        return INT_MM
-    return REFERENCE

@@ -1,6 +1,6 @@
 """Compile the Triton kernels for NVIDIA GPUs on a machine without one, and report what the compiler made.
 
-    TRITON_INTERPRET=0 python -m llm_int8.ops.triton.aot --arch 80 90 [--quick] [--json PATH]
+    TRITON_INTERPRET=0 python -m llm_int8.ops.kernels.triton.aot --arch 80 90 [--quick] [--json PATH]
 
 Triton compiles to PTX and, with the ``ptxas`` its wheel ships, to a cubin for any target without a GPU
 present. That checks every kernel variant the library launches for compile errors on Ampere (sm_80) and
@@ -30,7 +30,7 @@ SHARED_LIMIT = {80: 166912, 90: 232448}
 
 
 def _variants(quick: bool):
-    """(name, jit function, signature, constexprs, options) for what ``ops/triton`` launches."""
+    """(name, jit function, signature, constexprs, options) for what ``ops/kernels/triton`` launches."""
     from . import decode, gemm, quantize
 
     col_sig = {"X_ptr": "*fp16", "static_ptr": "*i8", "outlier_ptr": "*i8", "float_ptr": "*i8", "M": "i32",

@@ -1,7 +1,7 @@
 """Choosing which linear layers of a Hugging Face model become int8, and swapping them on ``meta``.
 
-Shared by the streaming loader (``pretrained.py``) and the transformers quantizer
-(``hf_quantizer.py``): both build the model skeleton without memory, decide the float/int8 split
+Shared by the streaming loader (``huggingface/pretrained.py``) and the transformers quantizer
+(``huggingface/quantizer.py``): both build the model skeleton without memory, decide the float/int8 split
 here, then fill in the weights.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, Int8Config
-from ..nn import Int8Linear
-from .convert import _is_linear, _set_submodule
+from ...config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, Int8Config
+from ...nn import Int8Linear
+from .convert import is_linear, set_submodule
 
 __all__ = ["automatic_skip_modules", "int8_targets", "is_conv1d", "swap_linears_on_meta"]
 
@@ -37,7 +37,7 @@ def automatic_skip_modules(model: nn.Module, output_layer: bool = True) -> list[
     for name, module in model.named_modules():
         if out is not None and module is out:
             names.add(name)
-        if _is_linear(module):
+        if is_linear(module):
             owners.setdefault(id(module.weight), []).append(name)
     for pname, param in model.named_parameters(remove_duplicate=False):
         # a linear weight that is also reachable under another module's name is tied
@@ -61,7 +61,7 @@ def int8_targets(model: nn.Module, skip_modules: Iterable[str]) -> tuple[list[st
     for name, module in model.named_modules():
         if isinstance(module, Int8Linear):
             to_int8.append(name)
-        elif _is_linear(module):
+        elif is_linear(module):
             (kept if config.skips(name) else to_int8).append(name)
     return to_int8, kept
 
@@ -105,5 +105,5 @@ def swap_linears_on_meta(
             float_dims=(float_dims or {}).get(name),
         )
         new.train(old.training)
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
     return conv1d

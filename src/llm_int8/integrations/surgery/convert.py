@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, Int8Config
-from ..nn import Int8Linear
+from ...config import DEFAULT_ACTIVATION, DEFAULT_SKIP_MODULES, DEFAULT_THRESHOLD, Int8Config
+from ...nn import Int8Linear
 
-__all__ = ["ConversionReport", "dequantize_model", "linear_memory", "quantize_model"]
+__all__ = ["ConversionReport", "dequantize_model", "is_linear", "linear_memory", "quantize_model", "set_submodule"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ConversionReport:
         )
 
 
-def _is_linear(module: nn.Module) -> bool:
+def is_linear(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
     # transformers.pytorch_utils.Conv1D (GPT-2 family); matched by name to keep transformers optional
@@ -56,7 +56,7 @@ def linear_memory(model: nn.Module) -> dict[str, int]:
         if isinstance(module, Int8Linear):
             out["int8"] += module.memory_bytes()
             out["params"] += module.weight_int8.numel() + (module.bias.numel() if module.bias is not None else 0)
-        elif _is_linear(module):
+        elif is_linear(module):
             out["float"] += _tensor_bytes(module)
             out["params"] += module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
     return out
@@ -101,7 +101,7 @@ def quantize_model(
     targets: list[tuple[str, nn.Module]] = []
     skipped: dict[str, str] = {}
     for name, module in model.named_modules():
-        if not _is_linear(module):
+        if not is_linear(module):
             continue
         if config.skips(name):
             skipped[name] = "in skip_modules"
@@ -124,7 +124,7 @@ def quantize_model(
             module, threshold=config.threshold, activation=config.activation, float_dims=float_dims.get(name)
         )
         int8_module.train(module.training)
-        _set_submodule(model, name, int8_module)
+        set_submodule(model, name, int8_module)
         bytes_after += int8_module.memory_bytes()
         del module
     if targets and hasattr(model, "config"):  # a transformers model: peft's k-bit preparation keys on this flag
@@ -149,11 +149,11 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> list
         if old.bias is not None:
             new.bias = nn.Parameter(old.bias.detach().to(weight.dtype).clone())
         new.train(old.training)
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
     return names
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     if name == "":
         raise ValueError("the model itself is a linear layer; use Int8Linear.from_linear(model) instead")
     parent_name, _, child = name.rpartition(".")
