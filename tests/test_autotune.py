@@ -1,4 +1,5 @@
-"""Kernel choice by measurement (``ops/cpu_choice.py``): forced, fixed, timed, cached on disk.
+"""Kernel choice by measurement (``ops/choice/cpu.py``, ``ops/choice/admission.py``): forced, fixed,
+timed, cached on disk; a slow kernel not admitted.
 
 Timing is replaced by fake clocks where the test is about the choice; the real race runs once on a
 tiny shape, where only its result's validity (an admitted kernel, an exact product) is checked.
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from llm_int8.ops import int8_mm
+from llm_int8.ops.choice import admission, probe
 from llm_int8.ops.choice import cpu as cpu_choice
 from llm_int8.ops.forward import weight_only_limit
 from llm_int8.ops.kernels import cpu_gemm, probes
@@ -23,6 +25,7 @@ def tuning(monkeypatch, tmp_path):
     """Timing on, decisions in a fresh cache directory, no decision of another test in memory."""
     monkeypatch.setenv(cpu_choice.AUTOTUNE_ENV, "1")
     monkeypatch.delenv(cpu_choice.BACKEND_ENV, raising=False)
+    monkeypatch.delenv("LLM_INT8_CACHE_DIR", raising=False)  # conftest's session folder: XDG_CACHE_HOME is tested here
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cpu_choice.forget()
     yield tmp_path
@@ -40,7 +43,7 @@ def test_token_bucket(M, bucket):
 
 def test_timing_off_takes_the_fixed_order(monkeypatch):
     monkeypatch.setenv(cpu_choice.AUTOTUNE_ENV, "0")
-    monkeypatch.setattr(cpu_choice, "fixed_kernel", lambda: probes.ONEDNN)
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: probes.ONEDNN)
     assert not cpu_choice.timing_enabled()
     assert cpu_choice.gemm_kernel(64, 32, 5) == probes.ONEDNN
     assert weight_only_limit(48, 24) == cpu_choice.fixed_max_tokens(48, 24)
@@ -57,7 +60,7 @@ def test_forced_backend(monkeypatch):
 
 
 def test_forcing_a_kernel_that_failed_its_self_test_is_refused(monkeypatch):
-    monkeypatch.setattr(cpu_choice, "admitted_kernels", lambda: [probes.FBGEMM])
+    monkeypatch.setattr(probes, "exact_cpu_kernels", lambda: [probes.FBGEMM])
     monkeypatch.setenv(cpu_choice.BACKEND_ENV, probes.ONEDNN_S8)
     with pytest.raises(ValueError, match="failed its exactness self-test"):
         cpu_choice.gemm_kernel(64, 32, 5)
@@ -74,7 +77,7 @@ def test_race_picks_the_fastest_and_drops_a_slow_one_early(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(cpu_choice, "_seconds", lambda fn: fn())
+    monkeypatch.setattr(probe, "seconds", lambda fn: fn())
     monkeypatch.setattr(cpu_choice, "_CALL_BUDGET_S", float("inf"))
     rows, times = cpu_choice._race({name: candidate(name) for name in ("mid", "fast", "slow")}, 64)
     assert rows == 64
@@ -83,14 +86,14 @@ def test_race_picks_the_fastest_and_drops_a_slow_one_early(monkeypatch):
 
 
 def test_race_times_fewer_rows_when_a_call_would_be_long(monkeypatch):
-    monkeypatch.setattr(cpu_choice, "_seconds", lambda fn: fn())
+    monkeypatch.setattr(probe, "seconds", lambda fn: fn())
     monkeypatch.setattr(cpu_choice, "_CALL_BUDGET_S", 10.0)
     rows, times = cpu_choice._race({"a": lambda m: 1.0 * m, "b": lambda m: 3.0 * m}, 128)
     assert rows == 16 and times == {"a": 16.0, "b": None}
 
 
 def test_decision_is_measured_once_and_cached_on_disk(tuning, monkeypatch):
-    monkeypatch.setattr(cpu_choice, "admitted_kernels", lambda: [probes.FBGEMM, probes.ONEDNN])
+    monkeypatch.setattr(admission, "admitted_kernels", lambda: [probes.FBGEMM, probes.ONEDNN])
     measured = []
 
     def fake_race(run, M):
@@ -98,14 +101,14 @@ def test_decision_is_measured_once_and_cached_on_disk(tuning, monkeypatch):
         return M, {probes.FBGEMM: 2.0, probes.ONEDNN: 1.0}
 
     monkeypatch.setattr(cpu_choice, "_race", fake_race)
-    monkeypatch.setattr(cpu_choice, "_probe_layout", lambda N, K, kernel: None)
+    monkeypatch.setattr(probe, "probe_layout", lambda N, K, kernel: None)
     assert cpu_choice.gemm_kernel(40, 24, 3) == probes.ONEDNN
     assert cpu_choice.gemm_kernel(40, 24, 4) == probes.ONEDNN  # same bucket: not timed again
     assert measured == [4]
     path = cpu_choice.cache_path()
     assert path.parent == tuning / "llm-int8" and path.is_file()
     saved = json.loads(path.read_text())
-    assert saved["machine"] == cpu_choice.machine_key()
+    assert saved["machine"] == probe.machine_key()
     assert saved["decisions"]["gemm:24x40:m4"]["choice"] == probes.ONEDNN
     # a new process: nothing in memory, the file answers without timing
     cpu_choice.forget()
@@ -127,15 +130,15 @@ def test_unreadable_cache_file_is_ignored(tuning, monkeypatch):
     path = cpu_choice.cache_path()
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
-    monkeypatch.setattr(cpu_choice, "admitted_kernels", lambda: [probes.FBGEMM, probes.ONEDNN])
+    monkeypatch.setattr(admission, "admitted_kernels", lambda: [probes.FBGEMM, probes.ONEDNN])
     monkeypatch.setattr(cpu_choice, "_race", lambda run, M: (M, {probes.FBGEMM: 1.0, probes.ONEDNN: 2.0}))
-    monkeypatch.setattr(cpu_choice, "_probe_layout", lambda N, K, kernel: None)
+    monkeypatch.setattr(probe, "probe_layout", lambda N, K, kernel: None)
     assert cpu_choice.gemm_kernel(8, 16, 1) == probes.FBGEMM
     assert json.loads(path.read_text())["decisions"]["gemm:16x8:m1"]["choice"] == probes.FBGEMM
 
 
 def test_real_race_on_a_small_shape_is_exact(tuning):
-    kernels = cpu_choice.admitted_kernels()
+    kernels = admission.admitted_kernels()
     if len(kernels) < 2:
         pytest.skip(f"only {kernels} admitted on this CPU: nothing to choose between")
     choice = cpu_choice.gemm_kernel(40, 64, 9)
@@ -175,7 +178,7 @@ def test_onednn_s8_branch(monkeypatch):
         return (A_codes.double() @ exact.W.double().T).float()
 
     monkeypatch.setattr(cpu_gemm, "_gemm_onednn_s8", exact)
-    monkeypatch.setattr(cpu_choice, "fixed_kernel", lambda: probes.ONEDNN_S8)
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: probes.ONEDNN_S8)
     W = torch.full((3, 1100), 127, dtype=torch.int8)  # 127 * 127 * 1100 > 2^24: outputs beyond float32's integers
     W[1] = _codes(1100)
     exact.W = W
@@ -192,7 +195,7 @@ def test_onednn_s8_branch(monkeypatch):
 
 
 def test_onednn_s8_admission_follows_its_self_test():
-    flags = cpu_choice.cpu_description()[1].split()
+    flags = probe.cpu_description()[1].split()
     if not flags or {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags):
         pytest.skip("a VNNI/AMX CPU (or unknown flags): the kernel may be admitted")
-    assert probes.ONEDNN_S8 not in cpu_choice.admitted_kernels()
+    assert probes.ONEDNN_S8 not in admission.admitted_kernels()

@@ -25,7 +25,7 @@ from llm_int8.integrations.huggingface import saving
 from llm_int8.integrations.huggingface.checkpoint import SafetensorsFile
 from llm_int8.integrations.huggingface.quantizer import LLMInt8Config
 from llm_int8.ops import PackedWeightCache
-from llm_int8.ops.choice import cpu as cpu_choice
+from llm_int8.ops.choice import admission
 from llm_int8.ops.kernels import probes
 from llm_int8.primitives import int8_matmul_reference
 
@@ -143,7 +143,7 @@ ROUTES = ["data", "numpy", "inference_load", "inference_copy", "no_grad_copy", "
 def test_written_weight_is_never_stale(monkeypatch, backend, activation, route):
     if backend == probes.ONEDNN and not hasattr(torch.ops.onednn, "qlinear_pointwise"):
         pytest.skip("oneDNN int8 kernels are not in this torch build")
-    monkeypatch.setattr(cpu_choice, "fixed_kernel", lambda: backend)
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: backend)
     layer = Int8Linear.from_linear(nn.Linear(64, 32), activation=activation, weight_only_max_tokens=0)
     x = torch.randn(40, 64)
     layer(x)  # builds the caches

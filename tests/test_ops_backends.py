@@ -15,7 +15,7 @@ import torch
 
 from llm_int8 import Int8Linear
 from llm_int8.ops import PackedWeightCache, int8_linear, int8_mm, prepack_int8_weight
-from llm_int8.ops.choice import cpu as cpu_choice
+from llm_int8.ops.choice import admission
 from llm_int8.ops.kernels import cpu_gemm, probes
 from llm_int8.ops.kernels.quantize import quantize_activations as _quantize_activations
 from llm_int8.primitives import int8_linear_reference, int8_matmul_reference, outlier_columns, rowwise_quantize
@@ -53,8 +53,9 @@ def _ids(value):
 
 def _force(monkeypatch, backend: str) -> None:
     if not _AVAILABLE[backend]():
-        pytest.skip(f"CPU int8 backend {backend} is not available in this torch build")
-    monkeypatch.setattr(cpu_choice, "fixed_kernel", lambda: backend)
+        why = "fails its exactness self-test here (it needs VNNI or AMX)" if backend == probes.ONEDNN_S8 else None
+        pytest.skip(f"CPU int8 kernel {backend} {why or 'is not available in this torch build'}")
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: backend)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -168,7 +169,7 @@ def test_self_test_rejects_a_kernel_that_saturates(monkeypatch):
     def clipped(A_i8, W_i8, weight):
         return int8_matmul_reference(A_i8, W_i8).clamp(-32767, 32767)
 
-    monkeypatch.setattr(cpu_gemm, "int8_mm_int32", clipped)
+    monkeypatch.setattr(cpu_gemm, "int8_mm_integer", clipped)
     assert not probes._self_test(probes.ONEDNN)
 
 
@@ -178,19 +179,34 @@ def test_the_real_kernels_pass_their_self_test():
     assert probes.has_onednn_linear() == _AVAILABLE[probes.ONEDNN]()
 
 
-def test_backend_order(monkeypatch):
-    monkeypatch.setattr(probes, "has_onednn_s8_linear", lambda: True)
-    assert cpu_choice.fixed_kernel() == probes.ONEDNN_S8
+def test_fixed_kernel_is_the_fastest_admitted_exact_one(monkeypatch):
+    admission.forget()
+    monkeypatch.setattr(probes, "exact_cpu_kernels", lambda: [probes.FBGEMM, probes.ONEDNN, probes.INT_MM])
+    monkeypatch.setattr(admission, "admission", lambda: {"admitted": [probes.ONEDNN, probes.FBGEMM]})
+    assert admission.fixed_kernel() == probes.ONEDNN
+    admission.forget()
+    # a cache file written before a kernel stopped passing its self-test does not bring it back
+    monkeypatch.setattr(probes, "exact_cpu_kernels", lambda: [probes.FBGEMM])
+    assert admission.admitted_kernels() == [probes.FBGEMM] and admission.fixed_kernel() == probes.FBGEMM
+    admission.forget()
+    monkeypatch.setattr(admission, "admission", lambda: {"admitted": []})
+    assert admission.fixed_kernel() == probes.REFERENCE
+    admission.forget()
+
+
+def test_exact_kernels_in_order_of_preference(monkeypatch):
+    for probe_name in [
+        "has_onednn_s8_linear",
+        "has_fbgemm_pairs_linear",
+        "has_fbgemm_linear",
+        "has_onednn_linear",
+        "has_int_mm_cpu",
+    ]:
+        monkeypatch.setattr(probes, probe_name, lambda: True)
+    assert probes.exact_cpu_kernels() == list(probes.ALL_CPU_KERNELS)
     monkeypatch.setattr(probes, "has_onednn_s8_linear", lambda: False)
-    monkeypatch.setattr(probes, "has_fbgemm_pairs_linear", lambda: True)
-    assert cpu_choice.fixed_kernel() == probes.FBGEMM_PAIRS
-    monkeypatch.setattr(probes, "has_fbgemm_pairs_linear", lambda: False)
     monkeypatch.setattr(probes, "has_fbgemm_linear", lambda: False)
-    assert cpu_choice.fixed_kernel() in (probes.ONEDNN, probes.INT_MM)
-    monkeypatch.setattr(probes, "has_onednn_linear", lambda: False)
-    assert cpu_choice.fixed_kernel() == probes.INT_MM
-    monkeypatch.setattr(probes, "has_int_mm_cpu", lambda: False)
-    assert cpu_choice.fixed_kernel() == probes.REFERENCE
+    assert probes.exact_cpu_kernels() == [probes.FBGEMM_PAIRS, probes.ONEDNN, probes.INT_MM]
 
 
 # --- activation quantization: one pass, same codes as the primitives ----------------------------
@@ -237,7 +253,7 @@ def test_int8_linear_is_identical_on_every_backend(monkeypatch, threshold):
     outputs = {}
     for name in BACKENDS:
         if _AVAILABLE[name]():
-            monkeypatch.setattr(cpu_choice, "fixed_kernel", lambda name=name: name)
+            monkeypatch.setattr(admission, "fixed_kernel", lambda name=name: name)
             outputs[name] = int8_linear(X, W_i8, s_w, b, threshold)
     first = outputs.pop(probes.REFERENCE)
     for name, Y in outputs.items():
@@ -291,16 +307,27 @@ def test_int8_linear_gradient(backend):
 # --- the packed layout a module keeps ------------------------------------------------------------
 
 
+def _bell_linear(in_features: int, out_features: int) -> torch.nn.Linear:
+    """A linear layer with a trained model's heavy-tailed weights: most codes small, a few large
+    (``nn.Linear``'s uniform init would send ``FBGEMM_PAIRS`` to another kernel: a quarter of its
+    pairs break the bound)."""
+    linear = torch.nn.Linear(in_features, out_features)
+    with torch.no_grad():
+        linear.weight.normal_(0, 0.02)
+        linear.weight[:, 0] = 0.2
+    return linear
+
+
 def test_module_packs_once_and_repacks_when_the_weight_changes(packing_backend, monkeypatch):
     calls = []
     real = cpu_gemm.prepack
     monkeypatch.setattr(cpu_gemm, "prepack", lambda W, kernel: calls.append(kernel) or real(W, kernel))
-    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32), weight_only_max_tokens=0)  # the int8 x int8 path packs
+    layer = Int8Linear.from_linear(_bell_linear(64, 32), weight_only_max_tokens=0)  # the int8 x int8 path packs
     X = _planted(5, 64)
     Y = layer(X)
     layer(X)
     assert calls == [packing_backend]
-    other = Int8Linear.from_linear(torch.nn.Linear(64, 32), weight_only_max_tokens=0)
+    other = Int8Linear.from_linear(_bell_linear(64, 32), weight_only_max_tokens=0)
     layer.load_state_dict(other.state_dict())  # in-place copy into the buffers: version bump
     assert torch.equal(layer(X), other(X)) and not torch.equal(layer(X), Y)
     assert len(calls) == 3  # layer repacked once, other packed once
@@ -310,7 +337,7 @@ def test_module_packs_once_and_repacks_when_the_weight_changes(packing_backend, 
 
 
 def test_module_with_a_packed_weight_deepcopies_and_pickles(packing_backend):
-    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32), weight_only_max_tokens=0)
+    layer = Int8Linear.from_linear(_bell_linear(64, 32), weight_only_max_tokens=0)
     X = _planted(5, 64)
     Y = layer(X)  # builds the (uncopyable, for oneDNN) packed layout
     for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
@@ -318,8 +345,26 @@ def test_module_with_a_packed_weight_deepcopies_and_pickles(packing_backend):
     assert set(layer.state_dict()) == {"weight_int8", "weight_scale", "bias"}
 
 
+def test_pairs_kernel_hands_a_uniform_weight_to_another_kernel(monkeypatch):
+    packed_kernels = [k for k in admission.admitted_kernels() if k in cpu_gemm.KERNELS]
+    if probes.FBGEMM_PAIRS not in packed_kernels or len(packed_kernels) < 2:
+        pytest.skip(f"needs fbgemm_pairs and another packed kernel admitted, not {packed_kernels}")
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: probes.FBGEMM_PAIRS)
+    uniform = _codes(96, 256)  # codes of a uniform weight: a quarter of the pairs break the bound
+    packed = prepack_int8_weight(uniform)
+    assert packed.kernel == probes.FBGEMM_PAIRS and packed.fix_density > cpu_gemm.PAIRS_MAX_FIX_DENSITY
+    A = _codes(9, 256)
+    assert torch.equal(int8_mm(A, uniform, packed=packed), int8_matmul_reference(A, uniform))
+    other = [k for k in admission.admitted_kernels() if k in cpu_gemm.KERNELS and k != probes.FBGEMM_PAIRS][0]
+    assert set(packed.others) == {other}  # the layout the GEMM ran on
+    bell = Int8Linear.from_linear(_bell_linear(256, 96)).weight_int8
+    packed = prepack_int8_weight(bell)
+    assert packed.fix_density < cpu_gemm.PAIRS_MAX_FIX_DENSITY
+    assert torch.equal(int8_mm(A, bell, packed=packed), int8_matmul_reference(A, bell)) and not packed.others
+
+
 def test_cache_returns_none_where_nothing_is_packed(monkeypatch):
-    monkeypatch.setattr(cpu_choice, "fixed_kernel", lambda: probes.REFERENCE)
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: probes.REFERENCE)
     assert PackedWeightCache().get(_codes(4, 8)) is None
 
 

@@ -172,7 +172,10 @@ def forward(x, weight_int8, weight_scale, bias, threshold, activation, packed, r
     ``packed`` and ``row_sums`` are its ``packed_weight`` and ``weight_row_sums``)."""
     check_inputs(x, weight_int8, weight_scale, bias, threshold, activation)
     N, K = weight_int8.shape
-    if weight_only_max_tokens is None:
+    tokens = x.numel() // K if K else 0
+    if weight_only_max_tokens is None and tokens > cpu_choice.AUTO_MAX_TOKENS:
+        weight_only_max_tokens = 0  # beyond any crossover: no need to know (or measure) this shape's
+    elif weight_only_max_tokens is None:
         # the measured crossover times CPU kernels: a CUDA layer takes the fixed rule, not a CPU timing
         on_cpu = x.device.type == "cpu"
         weight_only_max_tokens = weight_only_limit(K, N) if on_cpu else cpu_choice.fixed_max_tokens(K, N)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..primitives import int8_matmul_reference
+from .choice import admission
 from .choice import cpu as cpu_choice
 from .kernels import cpu_gemm, probes
 from .kernels.cuda_gemm import int_mm_padded
@@ -36,18 +37,32 @@ def _check_operands(A_i8: torch.Tensor, B_i8: torch.Tensor) -> None:
 
 
 def _cpu_weight(B_i8: torch.Tensor, packed: PackedWeight | None, backend: str) -> cpu_gemm.CpuInt8Weight:
-    # a layout passed in was built by prepack_int8_weight and keeps any other kernel's layout it is
-    # asked for; without one, pack now (per call)
+    """The layout of ``B_i8`` for ``backend`` (or for another kernel, where ``FBGEMM_PAIRS`` would be slow on it).
+
+    A layout passed in was built by ``prepack_int8_weight`` and keeps any other kernel's layout it is
+    asked for; without one, pack now (per call).
+    """
     if isinstance(packed, cpu_gemm.CpuInt8Weight):
-        return packed.for_kernel(backend, B_i8)
-    return cpu_gemm.prepack(B_i8, backend)
+        weight = packed.for_kernel(backend, B_i8)
+    else:
+        weight = cpu_gemm.prepack(B_i8, backend)
+    if backend == probes.FBGEMM_PAIRS and weight.fix_density > cpu_gemm.PAIRS_MAX_FIX_DENSITY:
+        # most of this weight's pairs break the bound (a uniform, untrained weight): its sparse part
+        # would cost more than the split saves, whatever was measured on bell-shaped probe weights
+        other = next((k for k in admission.admitted_kernels() if k in cpu_gemm.KERNELS and k != backend), None)
+        if other is not None:
+            return _cpu_weight(B_i8, packed, other)
+    return weight
 
 
 def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWeight | None = None) -> torch.Tensor:
-    """``C_i32 = A_i8 @ B_i8^T`` with exact int32 accumulation.
+    """``C = A_i8 @ B_i8^T``, exact on every route.
 
     ``A_i8``: (M, K) int8 activations; ``B_i8``: (N, K) int8 weight in ``nn.Linear`` layout;
-    ``packed``: optionally ``prepack_int8_weight(B_i8)``, reused across calls. Returns (M, N) int32.
+    ``packed``: optionally ``prepack_int8_weight(B_i8)``, reused across calls. Returns (M, N) int32
+    where every sum fits in int32 (always for ``K <= 131,071``), else int64, as
+    ``int8_matmul_reference`` does: never a wrapped value (the kernels sum at most ``K_CHUNK`` inputs
+    per call and add the chunks in int64).
     """
     _check_operands(A_i8, B_i8)
     M, N = A_i8.shape[0], B_i8.shape[0]
@@ -58,14 +73,13 @@ def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWeight | No
         return int_mm_padded(A_i8, B_i8)
     if device.type == "cpu":
         backend = cpu_choice.gemm_kernel(N, A_i8.shape[1], M)
-        if backend in (probes.ONEDNN_S8, probes.FBGEMM_PAIRS):  # no split: -128 is fine
-            return cpu_gemm.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
-        # the sign split needs codes in [-127, 127]; LLM.int8()'s quantizers never produce -128
-        if backend in (probes.FBGEMM, probes.ONEDNN) and not (A_i8 == -128).any():
-            return cpu_gemm.int8_mm_int32(A_i8, B_i8, _cpu_weight(B_i8, packed, backend))
         if backend == probes.INT_MM:
-            # B^T as a view of the (N, K) weight: 5x faster than a contiguous (K, N) copy (torch 2.13, AVX2)
-            return torch._int_mm(A_i8.contiguous(), B_i8.T)
+            return cpu_gemm.int_mm(A_i8, B_i8)
+        if backend in cpu_gemm.KERNELS:
+            weight = _cpu_weight(B_i8, packed, backend)
+            # the sign split needs codes in [-127, 127]; LLM.int8()'s quantizers never produce -128
+            if weight.kernel in (probes.ONEDNN_S8, probes.FBGEMM_PAIRS) or not (A_i8 == -128).any():
+                return cpu_gemm.int8_mm_integer(A_i8, B_i8, weight)
     return int8_matmul_reference(A_i8, B_i8)
 
 

@@ -12,7 +12,7 @@ import weakref
 
 import torch
 
-from .choice import cpu as cpu_choice
+from .choice import admission
 from .kernels import cpu_gemm
 
 __all__ = ["PackedWeight", "PackedWeightCache", "prepack_int8_weight"]
@@ -24,7 +24,7 @@ PackedWeight = cpu_gemm.CpuInt8Weight
 def prepack_int8_weight(weight_int8: torch.Tensor) -> PackedWeight | None:
     """The layout the current backend wants for this (N, K) int8 weight, or ``None`` if it reads it as is."""
     if weight_int8.device.type == "cpu":
-        backend = cpu_choice.fixed_kernel()
+        backend = admission.fixed_kernel()
         # the fixed order's kernel; a measured choice of another one is packed on first use (for_kernel)
         if backend in cpu_gemm.KERNELS:
             return cpu_gemm.prepack(weight_int8, backend)
@@ -41,7 +41,7 @@ def _version(t: torch.Tensor) -> int:
 def _key(weight_int8: torch.Tensor) -> tuple:
     # the memory and layout read, and the version counter of the writes PyTorch tracks
     return (
-        cpu_choice.fixed_kernel(),
+        admission.fixed_kernel(),
         weight_int8.device,
         weight_int8.data_ptr(),
         tuple(weight_int8.shape),

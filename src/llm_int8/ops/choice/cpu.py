@@ -5,9 +5,9 @@ without VNNI, oneDNN's s8 x s8 kernel with no split does half its work on VNNI /
 crossover of the weight-only kernel moves with the cache sizes and the bf16 support. So the choice
 is timed on the machine that runs, once per (layer shape, token bucket), at first use:
 
-* ``gemm_kernel(N, K, M)``: among the admitted kernels (``admitted_kernels``: those that passed their
-  exactness self-test in ``kernels/probes.py``; every one returns the same integers, so the choice
-  never changes a result), the fastest on random codes of the bucket's size. Buckets are powers of
+* ``gemm_kernel(N, K, M)``: among the admitted kernels (``admission.py``: exact on their self-test in
+  ``kernels/probes.py`` and within 10x of the fastest; every one returns the same integers, so the
+  choice never changes a result), the fastest on random codes of the bucket's size. Buckets are powers of
   two up to ``LARGEST_BUCKET`` tokens; every larger M shares that one, where all candidates are bound
   by arithmetic and rank as they do at any larger M. A candidate is timed at doubling sizes and
   dropped as soon as it is slower than the best at full size, so a slow generic loop
@@ -18,32 +18,30 @@ is timed on the machine that runs, once per (layer shape, token bucket), at firs
   does change the numerics (bf16 activations instead of int8 codes), which is why it is a per-shape
   limit, decided once.
 
-Decisions are kept by ``choice/cache.py``, keyed by CPU model and flags, torch version, library
+Decisions are kept by ``choice/cache.py`` (``probe.STORE``), keyed by CPU model and flags, torch version, library
 version and thread count; a later process reads them instead of timing. Environment:
 
 * ``LLM_INT8_CPU_BACKEND=<kernel>`` forces one GEMM (``onednn_s8``, ``fbgemm_pairs``, ``fbgemm``,
-  ``onednn``, ``int_mm`` or ``reference``); a kernel that is not admitted here is refused with an error.
-* ``LLM_INT8_AUTOTUNE=0`` turns timing off: the first admitted kernel (``fixed_kernel``) and the fixed
-  rule ``fixed_max_tokens``; results then depend on nothing measured (the test suite sets it).
+  ``onednn``, ``int_mm`` or ``reference``): any kernel that passed its exactness self-test here, also
+  one not admitted for its speed; an inexact or missing one is refused with an error.
+* ``LLM_INT8_AUTOTUNE=0`` turns the per-shape timing off: the fastest admitted kernel
+  (``admission.fixed_kernel``) and the fixed rule ``fixed_max_tokens``. Admission itself still runs
+  (once per machine, cached): it decides which kernels are usable at all. The integers, hence the
+  results, never depend on which admitted kernel runs.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import os
-import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..._version import __version__
-from ...primitives import rowwise_quantize
 from ..kernels import cpu_gemm, probes, weight_only
-from .cache import AUTOTUNE_ENV, DecisionStore, timing_enabled
+from . import admission, probe
+from .cache import AUTOTUNE_ENV, timing_enabled
 
 __all__ = [
     "AUTOTUNE_ENV",
@@ -51,16 +49,12 @@ __all__ = [
     "AUTO_MAX_TOKENS",
     "BACKEND_ENV",
     "LARGEST_BUCKET",
-    "admitted_kernels",
     "cache_path",
-    "cpu_description",
     "gemm_kernel",
     "decisions",
     "timing_enabled",
-    "fixed_kernel",
     "fixed_max_tokens",
     "forget",
-    "machine_key",
     "token_bucket",
     "weight_only_max_tokens",
 ]
@@ -102,92 +96,36 @@ def _forced() -> str | None:
         return None
     if name not in _FORCEABLE:
         raise ValueError(f"{BACKEND_ENV}={name!r} is not a CPU int8 kernel; expected one of {_FORCEABLE}")
-    if name != probes.REFERENCE and name not in admitted_kernels():
+    # any exact kernel may be forced, also one not admitted for its speed: the user asked for it
+    if name != probes.REFERENCE and name not in probes.exact_cpu_kernels():
         raise ValueError(
             f"{BACKEND_ENV}={name!r}: that kernel is not available or failed its exactness self-test on this CPU "
-            f"(admitted: {admitted_kernels()})"
+            f"(exact here: {probes.exact_cpu_kernels()})"
         )
     return name
 
 
-def admitted_kernels() -> list[str]:
-    """The CPU integer GEMMs that may run here, in the order ``fixed_kernel`` prefers them: every
-    kernel that passed its exactness self-test (``kernels/probes.py``)."""
-    return probes.exact_cpu_kernels()
-
-
-def fixed_kernel() -> str:
-    """The GEMM when nothing is measured: the first admitted kernel, else the float64 reference."""
-    kernels = admitted_kernels()
-    return kernels[0] if kernels else probes.REFERENCE
-
-
-# --- the decision cache -------------------------------------------------------------------------
-
-
-@functools.cache
-def cpu_description() -> tuple[str, str]:
-    """CPU model name and ISA flags (Linux ``/proc/cpuinfo``; elsewhere what ``platform`` says)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model = fields.get("model name") or platform.processor() or platform.machine()
-    return model, fields.get("flags") or fields.get("Features", "")
-
-
-def machine_key() -> dict[str, str]:
-    """What a decision depends on besides the shape: a change in any of these invalidates the cache."""
-    model, flags = cpu_description()
-    return {
-        "cpu": model,
-        "flags_sha1": hashlib.sha1(flags.encode()).hexdigest()[:12],
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-        "llm_int8": __version__,
-        "threads": str(torch.get_num_threads()),
-    }
-
-
-_STORE = DecisionStore("autotune", machine_key)
-
-
 def cache_path() -> Path:
     """The JSON file holding this machine key's decisions."""
-    return _STORE.path()
+    return probe.STORE.path()
 
 
 def decisions() -> dict[str, dict]:
     """A copy of every decision known for this machine key (measured here or read from the cache file).
 
-    Keys: ``gemm:{in}x{out}:m{bucket}`` (the GEMM kernel) and ``weight_only:{in}x{out}`` (the crossover)."""
-    return _STORE.snapshot()
+    Keys: ``admission`` (``admission.py``), ``gemm:{in}x{out}:m{bucket}`` (the GEMM kernel) and
+    ``weight_only:{in}x{out}`` (the crossover)."""
+    return probe.STORE.snapshot()
 
 
 def forget() -> None:
-    """Drop every decision held in memory (the cache file is read again at the next choice)."""
+    """Drop every decision held in memory, admission included (the cache file is read again at the next choice)."""
     _memo.clear()
-    _STORE.forget()
+    admission.forget()
+    probe.STORE.forget()
 
 
 # --- timing ------------------------------------------------------------------------------------------
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    # with one torch thread, the calling thread's CPU time: what the kernel costs, not how long other
-    # processes kept it waiting for a core; with more, wall time (the workers' time is not the caller's)
-    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
-    start = clock()
-    fn()
-    return clock() - start
-
-
-def _best_of(fn: Callable[[], object], repeats: int) -> float:
-    return min(_seconds(fn) for _ in range(repeats))
 
 
 def _race(run: dict[str, Callable[[int], object]], M: int) -> tuple[int, dict[str, float | None]]:
@@ -202,7 +140,7 @@ def _race(run: dict[str, Callable[[int], object]], M: int) -> tuple[int, dict[st
     favourite = run[names[0]]
     favourite(1)  # first call: lazy set-up of the kernel, not its speed
     rows = 1
-    while rows < M and _seconds(lambda r=rows: favourite(r)) < _CALL_BUDGET_S:
+    while rows < M and probe.seconds(lambda r=rows: favourite(r)) < _CALL_BUDGET_S:
         rows *= 2
     times: dict[str, float | None] = {}
     best = float("inf")
@@ -211,28 +149,14 @@ def _race(run: dict[str, Callable[[int], object]], M: int) -> tuple[int, dict[st
         fn(1)
         m, t = 1, 0.0
         while m < rows and t <= best:
-            t = _seconds(lambda m=m, fn=fn: fn(m))
+            t = probe.seconds(lambda m=m, fn=fn: fn(m))
             m *= 2
         if t > best:
             times[name] = None
             continue
-        times[name] = _best_of(lambda fn=fn: fn(rows), _REPEATS)
+        times[name] = probe.best_of(lambda fn=fn: fn(rows), _REPEATS)
         best = min(best, times[name])
     return rows, times
-
-
-@functools.lru_cache(maxsize=1)  # the shape being measured: its buckets and crossover reuse the packed layouts
-def _probe_weight(N: int, K: int) -> torch.Tensor:
-    # codes as a model's weights give them (row-wise absmax of a bell-shaped weight), not uniform
-    # ones: FBGEMM_PAIRS' sparse part is the pairs with |w| + |w'| > 128, 2-3% of real weights' pairs
-    # but half of uniform codes'
-    gen = torch.Generator().manual_seed(N * 131 + K)
-    return rowwise_quantize(torch.randn(N, K, generator=gen))[0]
-
-
-@functools.lru_cache(maxsize=4)
-def _probe_layout(N: int, K: int, kernel: str) -> cpu_gemm.CpuInt8Weight:
-    return cpu_gemm.prepack(_probe_weight(N, K), kernel)  # packing is once per layer: never part of the timed call
 
 
 def _probe_rows(N: int) -> int:
@@ -243,17 +167,12 @@ def _probe_rows(N: int) -> int:
 
 def _measure_gemm(N: int, K: int, bucket: int, kernels: list[str]) -> dict:
     N = _probe_rows(N)
-    W_i8 = _probe_weight(N, K)
-    gen = torch.Generator().manual_seed(bucket)
-    A = torch.randint(-127, 128, (bucket, K), generator=gen).float()  # (M, K) codes as int8_linear holds them
+    W_i8 = probe.probe_weight(N, K)
+    A = probe.probe_codes(bucket, K, seed=bucket)  # (M, K)
     run: dict[str, Callable[[int], object]] = {}
     for kernel in kernels:
-        if kernel == probes.INT_MM:
-            A_i8 = A.to(torch.int8)
-            run[kernel] = lambda m, A_i8=A_i8: torch._int_mm(A_i8[:m], W_i8.T)
-        else:
-            packed = _probe_layout(N, K, kernel)
-            run[kernel] = lambda m, packed=packed: cpu_gemm.int8_mm_float(A[:m], W_i8, packed)
+        packed = probe.probe_layout(N, K, kernel) if kernel in cpu_gemm.KERNELS else None
+        run[kernel] = probe.run_probe(kernel, A, W_i8, packed)
     rows, times = _race(run, bucket)
     timed = {k: t for k, t in times.items() if t is not None}
     choice = min(timed, key=timed.get)
@@ -272,15 +191,15 @@ def gemm_kernel(N: int, K: int, M: int) -> str:
     if forced is not None:
         return forced
     if not timing_enabled():
-        return fixed_kernel()
-    kernels = admitted_kernels()
+        return admission.fixed_kernel()
+    kernels = admission.admitted_kernels()
     if len(kernels) < 2:
         return kernels[0] if kernels else probes.REFERENCE
     bucket = token_bucket(M)
     memo_key = ("gemm", N, K, bucket, torch.get_num_threads())
     choice = _memo.get(memo_key)
     if choice is None:
-        choice = _STORE.decide(f"gemm:{K}x{N}:m{bucket}", lambda: _measure_gemm(N, K, bucket, kernels))["choice"]
+        choice = probe.STORE.decide(f"gemm:{K}x{N}:m{bucket}", lambda: _measure_gemm(N, K, bucket, kernels))["choice"]
         _memo[memo_key] = choice
     return choice
 
@@ -296,12 +215,12 @@ Int8Layer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object, torch.Te
 
 def _measure_weight_only(N: int, K: int, limit: int, int8_layer: Int8Layer) -> dict:
     N = _probe_rows(N)
-    W_i8 = _probe_weight(N, K)
+    W_i8 = probe.probe_weight(N, K)
     s_w = torch.full((N,), 0.01)
     row_sums = W_i8.sum(dim=1, dtype=torch.float32)
     # the op picks the measured kernel per bucket (for the probe's shape) and packs it from this one
-    kernels = [k for k in admitted_kernels() if k in cpu_gemm.KERNELS]
-    packed = _probe_layout(N, K, kernels[0]) if kernels else None
+    kernels = [k for k in admission.admitted_kernels() if k in cpu_gemm.KERNELS]
+    packed = probe.probe_layout(N, K, kernels[0]) if kernels else None
     X_all = torch.randn(limit, K, generator=torch.Generator().manual_seed(K))  # (tokens, K)
     ms: dict[str, dict[str, float | None]] = {}
     max_tokens = 0
@@ -314,7 +233,7 @@ def _measure_weight_only(N: int, K: int, limit: int, int8_layer: Int8Layer) -> d
         }
         for fn in run.values():
             fn()  # warm: packing, first-call set-up
-        times = {name: _best_of(fn, _REPEATS) for name, fn in run.items()}
+        times = {name: probe.best_of(fn, _REPEATS) for name, fn in run.items()}
         ms[str(m)] = {name: round(t * 1e3, 4) for name, t in times.items()}
         if times["weight_only"] >= times["int8"]:
             break
@@ -336,5 +255,5 @@ def weight_only_max_tokens(in_features: int, out_features: int, int8_layer: Int8
             return fixed_max_tokens(in_features, out_features)
         key = f"weight_only:{in_features}x{out_features}"
         measure = lambda: _measure_weight_only(out_features, in_features, AUTO_MAX_TOKENS, int8_layer)  # noqa: E731
-        limit = _memo[memo_key] = _STORE.decide(key, measure)["max_tokens"]
+        limit = _memo[memo_key] = probe.STORE.decide(key, measure)["max_tokens"]
     return limit

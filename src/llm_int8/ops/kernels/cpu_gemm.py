@@ -35,13 +35,22 @@ full-range u8 x s8 GEMM on M rows (fbgemm, ``reduce_range`` off, a two-row senti
 activation scale exactly 1 and zero point 128) gives ``X_i8 W_safe^T``, and a sparse product adds
 ``X_i8 W_fix^T``: measured 1.7-1.9x faster than the sign split on the AVX2 machine of BENCHMARKS.md
 (SmolLM2 and 4096 x 4096 shapes, 512 tokens). The self-test of ``probes.py`` puts pairs exactly
-at the bound (and a kernel pairing other entries would fail it).
+at the bound (and a kernel pairing other entries would fail it). The sparse product costs about 40
+times a dense one per multiply-add, so the kernel pays only for bell-shaped weights, as trained
+models have: on one AVX2 core at 128 x 4096 x 4096 (2026-12-03), a Gaussian weight (0.75% of its
+entries in ``W_fix``) took 53 ms against 53-69 ms for the split kernels, but a uniform one (24%, as
+``nn.Linear``'s random initialisation gives) 284 ms against 67-70 ms. A layout records its share
+of ``W_fix`` (``fix_density``); past ``PAIRS_MAX_FIX_DENSITY`` the op runs another kernel.
 
 A third kernel, ``ONEDNN_S8``, is the same oneDNN call on the signed codes as they are, with no
 split: half the arithmetic. It is exact only where the CPU accumulates int8 products straight into
 int32 (VNNI ``vpdpbusd``, AMX); without VNNI it saturates like the others, which its self-test in
 ``probes.py`` detects, so it is never admitted there. Its float output is ``float32(C_i32)``
 rounded once by the kernel, so ``int8_mm_float`` needs no exactness check for it.
+
+Why no sum can wrap: every kernel here accumulates in int32, which reaches ``K_CHUNK`` input
+features (``accumulate.py``). A weight with more is packed as chunks of at most ``K_CHUNK`` columns;
+the chunks' exact int32 products are added in int64. ``int_mm`` does the same for ``torch._int_mm``.
 
 Why the float output is exact: float32 holds every integer with ``|v| <= 2**24`` and rounding is
 monotonic, so an output with ``|out| < 2**24`` *is* the integer accumulator, and ``C_pos - C_neg`` of
@@ -58,16 +67,19 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ...primitives import INT8_MAX, int8_matmul_reference
+from .accumulate import K_CHUNK, sum_over_k_chunks
 
 __all__ = [
     "FBGEMM",
     "FBGEMM_PAIRS",
     "KERNELS",
+    "PAIRS_MAX_FIX_DENSITY",
     "ONEDNN",
     "ONEDNN_S8",
     "CpuInt8Weight",
     "int8_mm_float",
-    "int8_mm_int32",
+    "int8_mm_integer",
+    "int_mm",
     "pair_bounded",
     "prepack",
 ]
@@ -79,6 +91,9 @@ ONEDNN_S8 = "onednn_s8"
 KERNELS = (ONEDNN_S8, FBGEMM_PAIRS, FBGEMM, ONEDNN)
 """The packed CPU kernels of this file, in the fixed order used when nothing is measured."""
 
+PAIRS_MAX_FIX_DENSITY = 0.02
+"""Above this share of nonzeros in ``W_fix``, ``FBGEMM_PAIRS`` loses to the split kernels (see the module doc)."""
+
 # Every integer of magnitude <= 2**24 is exact in float32 (24-bit significand).
 _F32_EXACT_INT = 2**24
 
@@ -88,7 +103,9 @@ class CpuInt8Weight:
     """An int8 weight (N, K) reordered once for one CPU kernel; derived state, never saved.
 
     ``always_exact``: ``127 * max_n ||W_i8[n]||_1 < 2**24``, so no product with 7-bit codes can
-    leave float32's exact-integer range and outputs need no check.
+    leave float32's exact-integer range and outputs need no check. ``chunks``: for more than
+    ``K_CHUNK`` input features, the layouts of consecutive column blocks of at most ``K_CHUNK``
+    (``packed`` is then ``None``).
     """
 
     kernel: str  # one of KERNELS
@@ -99,6 +116,8 @@ class CpuInt8Weight:
     unit_scale: torch.Tensor | None = None  # oneDNN: (N,) float32 ones
     zero_point: torch.Tensor | None = None  # oneDNN: (N,) int64 zeros
     fix: torch.Tensor | None = None  # FBGEMM_PAIRS: W_fix (N, K) sparse CSR, float32 if always_exact, else float64
+    chunks: tuple = ()  # K > K_CHUNK: one CpuInt8Weight per block of K_CHUNK columns
+    fix_density: float = 0.0  # FBGEMM_PAIRS: nonzeros of W_fix / (N * K)
     # layouts of the same weight for the other kernels, packed on first use (the kernel choice of
     # ops/choice/cpu.py may differ per token bucket); derived like this one
     others: dict = field(default_factory=dict, repr=False)
@@ -110,12 +129,13 @@ class CpuInt8Weight:
 
     def for_kernel(self, kernel: str, W_i8: torch.Tensor) -> CpuInt8Weight:
         """This weight's layout for ``kernel``: itself, or one packed once from ``W_i8`` and kept."""
+        _check_layout(W_i8, self)
         if kernel == self.kernel:
             return self
         if kernel not in self.others:
             onednn = (ONEDNN, ONEDNN_S8)
             # u8 and s8 activations read the same oneDNN layout: share it rather than pack twice
-            shared = self.kernel in onednn and kernel in onednn
+            shared = self.kernel in onednn and kernel in onednn and not self.chunks
             self.others[kernel] = replace(self, kernel=kernel, others={}) if shared else prepack(W_i8, kernel)
         return self.others[kernel]
 
@@ -151,6 +171,11 @@ def prepack(W_i8: torch.Tensor, kernel: str) -> CpuInt8Weight:
     if W_i8.device.type != "cpu":
         raise ValueError(f"CPU kernels pack CPU weights, got one on {W_i8.device}")
     N, K = W_i8.shape
+    if K > K_CHUNK:  # no call may sum over more than K_CHUNK inputs: one layout per block of columns
+        chunks = tuple(prepack(W_i8[:, k0 : k0 + K_CHUNK], kernel) for k0 in range(0, K, K_CHUNK))
+        exact = all(c.always_exact for c in chunks)
+        density = sum(c.fix_density * c.in_features for c in chunks) / K
+        return CpuInt8Weight(kernel, None, N, K, exact, chunks=chunks, fix_density=density)
     W_i8 = W_i8.contiguous()
     # max_n ||W_n||_1, widened first (|-128| overflows int8), in row blocks to bound the temporary
     l1_max = max(
@@ -165,7 +190,8 @@ def prepack(W_i8: torch.Tensor, kernel: str) -> CpuInt8Weight:
         with warnings.catch_warnings():  # "sparse CSR support is in beta": used for one product, tested
             warnings.simplefilter("ignore", UserWarning)
             fix = W_fix.to(torch.float32 if always_exact else torch.float64).to_sparse_csr()
-        return CpuInt8Weight(FBGEMM_PAIRS, _prepack_fbgemm(W_safe), N, K, always_exact, fix=fix)
+        density = fix._nnz() / max(N * K, 1)
+        return CpuInt8Weight(FBGEMM_PAIRS, _prepack_fbgemm(W_safe), N, K, always_exact, fix=fix, fix_density=density)
     if kernel in (ONEDNN, ONEDNN_S8):  # one packed layout serves u8 and s8 activations
         packed = torch.ops.onednn.qlinear_prepack(W_i8, None)  # None: one layout for any number of rows
         ones, zeros = torch.ones(N, dtype=torch.float32), torch.zeros(N, dtype=torch.int64)
@@ -259,8 +285,10 @@ def int8_mm_float(A_codes: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weig
     """``float32(A W_i8^T)`` for integer codes ``A`` in [-127, 127] held as float32 (M, K).
 
     ``W_i8``: (N, K) int8; ``weight = prepack(W_i8, kernel)``. Returns (M, N) float32, equal to
-    the exact int32 product cast once.
+    the exact integer product cast once.
     """
+    if weight.chunks:
+        return _chunked_product(A_codes.to(torch.int8), W_i8, weight).float()  # the exact sum, rounded once
     if weight.kernel == ONEDNN_S8:
         _check_layout(W_i8, weight)
         return _gemm_onednn_s8(A_codes, weight)  # rounded once from the int32 accumulator
@@ -281,9 +309,29 @@ def int8_mm_float(A_codes: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weig
     return C
 
 
-def int8_mm_int32(A_i8: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weight) -> torch.Tensor:
-    """``A_i8 W_i8^T``: (M, K) x (N, K) int8 -> (M, N) int32, exact. Codes must avoid -128
-    (``ONEDNN_S8`` and ``FBGEMM_PAIRS`` take them too)."""
+def int8_mm_integer(A_i8: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weight) -> torch.Tensor:
+    """``A_i8 W_i8^T``: (M, K) x (N, K) int8 -> (M, N) exact, int32 where every sum fits, else int64.
+    Codes must avoid -128 for the sign-split kernels (``ONEDNN_S8`` and ``FBGEMM_PAIRS`` take them too)."""
+    if weight.chunks:
+        return _chunked_product(A_i8, W_i8, weight)
+    return _int32_product(A_i8, W_i8, weight)
+
+
+def _chunked_product(A_i8: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weight) -> torch.Tensor:
+    """The exact product of a weight packed in chunks, one kernel call per chunk (int32 or int64)."""
+    _check_layout(W_i8, weight)
+    chunks = iter(weight.chunks)
+    return sum_over_k_chunks(lambda A, W: _int32_product(A.contiguous(), W, next(chunks)), A_i8, W_i8)
+
+
+def int_mm(A_i8: torch.Tensor, W_i8: torch.Tensor) -> torch.Tensor:
+    """``torch._int_mm`` on CPU tensors: (M, K) x (N, K) int8 -> (M, N), exact for any ``K``."""
+    # W^T as a view of the (N, K) weight: 5x faster than a contiguous (K, N) copy (torch 2.13, AVX2)
+    return sum_over_k_chunks(lambda A, W: torch._int_mm(A.contiguous(), W.T), A_i8, W_i8)
+
+
+def _int32_product(A_i8: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weight) -> torch.Tensor:
+    """``A_i8 W_i8^T`` (M, N) int32 for a weight of at most ``K_CHUNK`` input features."""
     if weight.kernel == FBGEMM_PAIRS:
         C_main, C_fix, rows = _pairs_product(A_i8.float(), W_i8, weight)
         C = C_main.to(torch.int32).add_(C_fix.to(torch.int32))

@@ -2,13 +2,16 @@
 
 cuBLASLt's int8 GEMM (int32 accumulation, exact) requires M > 16 and K, N multiples of 8. Zero rows
 and columns add nothing to an integer product, so any shape is padded up to those rules and the
-result cut back. Oracle: ``llm_int8.primitives.int8_matmul_reference``.
+result cut back. Its accumulator is int32: more than ``K_CHUNK`` input features are summed in
+blocks (``accumulate.py``), so no sum wraps. Oracle: ``llm_int8.primitives.int8_matmul_reference``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .accumulate import sum_over_k_chunks
 
 __all__ = ["int_mm_padded"]
 
@@ -21,7 +24,11 @@ def _pad_to(n: int, multiple: int) -> int:
 
 
 def int_mm_padded(A_i8: torch.Tensor, B_i8: torch.Tensor) -> torch.Tensor:
-    """``A_i8 B_i8^T``: (M, K) x (N, K) int8 -> (M, N) int32, under cuBLASLt's shape rules."""
+    """``A_i8 B_i8^T``: (M, K) x (N, K) int8 -> (M, N), exact, under cuBLASLt's shape rules."""
+    return sum_over_k_chunks(_int_mm_padded, A_i8, B_i8)
+
+
+def _int_mm_padded(A_i8: torch.Tensor, B_i8: torch.Tensor) -> torch.Tensor:
     M, K = A_i8.shape
     N = B_i8.shape[0]
     pad_m = max(_MIN_M - M, 0)

@@ -28,8 +28,9 @@ __all__ = [
 
 
 def compute_weight_row_sums(weight_int8: torch.Tensor) -> torch.Tensor:
-    """``r_w = Σ_k W_i8[:, k]`` (N,) as float32 (exact below 2**24 / 127 = 132k input features)."""
-    return weight_int8.sum(dim=1, dtype=torch.float32)
+    """``r_w = Σ_k W_i8[:, k]`` (N,) as float32: the exact integer sum, rounded once (exact below
+    2**24 / 127 = 132k input features)."""
+    return weight_int8.sum(dim=1, dtype=torch.int64).float()
 
 
 _MAX_CACHED_COLUMNS = 64  # per weight: N bytes each (256 KiB for N = 4096), far more dims than α = 6 finds

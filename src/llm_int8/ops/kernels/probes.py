@@ -20,6 +20,7 @@ from . import cpu_gemm
 __all__ = [
     "FBGEMM",
     "FBGEMM_PAIRS",
+    "ALL_CPU_KERNELS",
     "INT_MM",
     "ONEDNN",
     "ONEDNN_S8",
@@ -32,6 +33,7 @@ __all__ = [
     "has_onednn_linear",
     "has_onednn_s8_linear",
     "has_weight_int8pack_mm",
+    "run_kernel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,30 +50,49 @@ INT_MM = "int_mm"
 """``torch._int_mm``: exact, but a generic loop on CPU (seconds for 512x4096x4096 on AVX2)."""
 REFERENCE = "reference"
 """``int8_matmul_reference``: float64 GEMM, exact for any K below 5e11."""
+ALL_CPU_KERNELS = (ONEDNN_S8, FBGEMM_PAIRS, FBGEMM, ONEDNN, INT_MM)
+"""Every CPU integer GEMM this library knows, in order of preference when nothing is measured."""
+
+
+def _self_test_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(A (M, K), W (N, K))`` int8: codes that saturate an int16 pair sum (``vpmaddubsw`` without
+    VNNI) or expose a 7-bit misreading. (Sums past int32 are the business of ``accumulate.py``,
+    tested per kernel in the suite: a runtime case would cost a second per process.)"""
+    A = torch.full((4, 256), 127, dtype=torch.int8)
+    A[1::2] = -127
+    A[2, ::3] = 5
+    W = torch.full((8, 256), 127, dtype=torch.int8)
+    W[::3] = -127
+    W[4, 1::2] = -3
+    return [(A, W)]
+
+
+def run_kernel(kernel: str, A_i8: torch.Tensor, W_i8: torch.Tensor) -> torch.Tensor:
+    """``A_i8 W_i8^T`` on one CPU kernel, the weight packed for it now (int32, or int64 past int32)."""
+    if kernel == INT_MM:
+        return cpu_gemm.int_mm(A_i8, W_i8)
+    return cpu_gemm.int8_mm_integer(A_i8, W_i8, cpu_gemm.prepack(W_i8, kernel))
 
 
 def _self_test(kernel: str) -> bool:
-    """Run the kernel once on codes that would saturate an int16 pair sum or a 7-bit misreading."""
-    A = torch.full((4, 256), 127, dtype=torch.int8)  # (M, K)
-    A[1::2] = -127
-    A[2, ::3] = 5
-    W = torch.full((8, 256), 127, dtype=torch.int8)  # (N, K)
-    W[::3] = -127
-    W[4, 1::2] = -3
-    try:
-        if kernel == INT_MM:
-            C = torch._int_mm(A, W.T)
-        else:
-            C = cpu_gemm.int8_mm_int32(A, W, cpu_gemm.prepack(W, kernel))
-    except (RuntimeError, AttributeError, NotImplementedError) as err:
-        logger.debug("CPU int8 kernel %s unavailable: %s", kernel, err)
-        return False
-    exact = torch.equal(C, (A.double() @ W.double().T).to(torch.int32))
-    if not exact and kernel == ONEDNN_S8:  # the expected outcome without VNNI / AMX
-        logger.info("CPU int8 kernel %s saturates on this CPU (no VNNI/AMX); not using it", kernel)
-    elif not exact:
-        logger.warning("CPU int8 kernel %s returned wrong integers on its self-test; not using it", kernel)
-    return exact
+    """Run the kernel on ``_self_test_cases`` and compare with the exact product."""
+    for A, W in _self_test_cases():
+        try:
+            C = run_kernel(kernel, A, W)
+        except (RuntimeError, AttributeError, NotImplementedError) as err:
+            logger.debug("CPU int8 kernel %s unavailable: %s", kernel, err)
+            return False
+        if not torch.equal(C.to(torch.int64), (A.double() @ W.double().T).to(torch.int64)):
+            if kernel == ONEDNN_S8:  # the expected outcome without VNNI / AMX
+                logger.info("CPU int8 kernel %s saturates on this CPU (no VNNI/AMX); not using it", kernel)
+            else:
+                logger.warning(
+                    "CPU int8 kernel %s returned wrong integers on its self-test (K=%d); not using it",
+                    kernel,
+                    A.shape[1],
+                )
+            return False
+    return True
 
 
 @functools.cache

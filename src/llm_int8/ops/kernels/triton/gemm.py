@@ -11,7 +11,10 @@ Per output tile, after the int8 x int8 -> int32 ``tl.dot`` loop over K:
 * an optional float32 addend (the ``float_columns`` product), the bias, the cast to the output dtype.
 
 ``EPILOGUE=False`` stores the raw int32 accumulator: the tests compare it with the integer reference.
-The reference for the whole launch is ``int8_gemm_reference`` (float64).
+The accumulator reaches ``K_CHUNK`` inputs (``accumulate.py``): ``int8_gemm`` launches a longer ``K``
+in blocks, adds their integer products in int64 and applies the epilogue in float64 on the host
+(exact; only layers wider than 65,536 inputs take this path). The reference for the whole launch
+is ``int8_gemm_reference`` (float64).
 
 Under the interpreter (triton 3.9) numpy has no bf16: an int8 -> bf16 cast returns the integer's bits
 and a bf16 ``tl.dot`` multiplies those bits, so there the outlier product is taken in float32 (exact
@@ -26,6 +29,7 @@ import triton
 import triton.language as tl
 
 from ....primitives import int8_matmul_reference
+from ..accumulate import K_CHUNK, sum_over_k_chunks
 from . import _bind, interpreting
 
 _bind()  # records the mode the kernels below are bound to
@@ -193,7 +197,8 @@ def int8_gemm(
 ) -> torch.Tensor:
     """``X_i8`` (M, K) int8 x ``W_i8`` (N, K) int8 in one launch (each operand < 2**31 elements: int32 offsets).
 
-    Without ``s_x`` / ``s_w``: the int32 accumulator ``C_i32`` (M, N). With them: ``out_dtype``
+    Without ``s_x`` / ``s_w``: the integer product ``C_i32`` (M, N), int32 (int64 where a sum leaves
+    int32, for ``K > K_CHUNK``). With them: ``out_dtype``
     ``(s_x ⊗ s_w) · (C_i32 - zp_x ⊗ r_w) + X_O W_i8[:, O]^T ⊙ s_w + addend + bias``, where ``zp_x`` (M,)
     and ``row_sums`` ``r_w`` (N,) (float32 holding integers) are given together for zeropoint codes,
     ``X_O`` (M, |O|) fp16 / bf16 / fp32 with ``outlier_idx`` (|O|,) int64 give the outlier product,
@@ -202,6 +207,11 @@ def int8_gemm(
     _check(X_i8, W_i8, s_x, s_w)
     M, K = X_i8.shape
     N = W_i8.shape[0]
+    if K > K_CHUNK:  # past the int32 accumulator's reach: integer blocks added in int64, then the epilogue
+        C = sum_over_k_chunks(int8_gemm, X_i8, W_i8)
+        if s_x is None:
+            return C
+        return _epilogue_float64(C, W_i8, s_x, s_w, zp_x, row_sums, bias, X_O, outlier_idx, addend, out_dtype)
     X_i8 = X_i8.contiguous()
     W_i8 = W_i8.contiguous()
     epilogue = s_x is not None
@@ -247,9 +257,14 @@ def int8_gemm_reference(
 ) -> torch.Tensor:
     """``int8_gemm`` in float64 (every integer sum exact), rounded once to ``out_dtype``."""
     _check(X_i8, W_i8, s_x, s_w)
-    C = int8_matmul_reference(X_i8, W_i8)  # (M, N) int32
+    C = int8_matmul_reference(X_i8, W_i8)  # (M, N) int32 (int64 past int32)
     if s_x is None:
         return C
+    return _epilogue_float64(C, W_i8, s_x, s_w, zp_x, row_sums, bias, X_O, outlier_idx, addend, out_dtype)
+
+
+def _epilogue_float64(C, W_i8, s_x, s_w, zp_x, row_sums, bias, X_O, outlier_idx, addend, out_dtype):
+    """``int8_gemm``'s epilogue on the exact integer product ``C``, in float64, rounded once."""
     C = C.double()
     if zp_x is not None:
         C = C - zp_x.double()[:, None] * row_sums.double()[None, :]
