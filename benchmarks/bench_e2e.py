@@ -26,7 +26,7 @@ it with ``bf16``), ``llm_int8_compiled`` (``llm_int8`` under ``torch.compile`` w
 ``Int8Linear`` is one ``llm_int8::int8_linear`` node; compilation happens in the untimed warm-up;
 prefill only, since every decode step has a new KV length to compile for).
 
-Kernel choices are measured at first use (``ops/autotune.py``) inside the untimed warm-up, and
+Kernel choices are measured at first use (``ops/choice/cpu.py``) inside the untimed warm-up, and
 cached on disk for the later variants.
 """
 
@@ -219,9 +219,9 @@ def main(argv=None) -> None:
         print(f"  {result}", flush=True)
         results.append(result)
     info["loadavg_1min_end"] = f"{os.getloadavg()[0]:.2f}"
-    from llm_int8.ops import autotune
+    from llm_int8.ops.choice import cpu as cpu_choice
 
-    info["kernel choice"] = f"{'measured' if autotune.enabled() else 'fixed'}; cache {autotune.cache_path()}"
+    info["kernel choice"] = f"{'measured' if cpu_choice.timing_enabled() else 'fixed'}; cache {cpu_choice.cache_path()}"
     reference = next((r["generated"] for r in results if r["variant"] == "fp32"), None)
     for r in results:
         generated = r.pop("generated")

@@ -15,16 +15,16 @@ Candidates:
 * ``bnb``: bitsandbytes ``Linear8bitLt(has_fp16_weights=False, threshold=6.0)`` quantized by ``.to("cpu")``.
 * ``llm_int8``: ``llm_int8.Int8Linear`` with the library's defaults (zeropoint activations, α = 6),
   fp32 in and out: the exact int8 GEMM the machine measured fastest for the shape and token bucket
-  (``ops/autotune.py``; decided in an untimed call before the timing), or for M up to the measured
-  crossover ``weight_only.auto_max_tokens(K, N)`` the int8-weight bf16-activation path
-  (``ops/weight_only.py``). What a user gets.
+  (``ops/choice/cpu.py``; decided in an untimed call before the timing), or for M up to the measured
+  crossover ``ops.forward.weight_only_limit(K, N)`` the int8-weight bf16-activation path
+  (``ops/kernels/weight_only.py``). What a user gets.
 * ``llm_int8_bf16``: the same layer on bf16 activations (bf16 in and out), as a bf16 model
   converted by ``quantize_model`` runs it; its ratio is taken against ``bf16``.
 * ``llm_int8_int8path``: the same layer with the weight-only path off (``weight_only_max_tokens=0``):
   LLM.int8()'s int8 x int8 product at every M (its crossover with the weight-only path sets
   ``AUTO_MAX_TOKENS``).
 * ``llm_int8_absmax``: the paper's LLM.int8() exactly (absmax activations, int8 path at every M).
-* ``gemm_<kernel>``: each exact int8 GEMM admitted on this CPU (``_capability.admitted_cpu_kernels``:
+* ``gemm_<kernel>``: each exact int8 GEMM admitted on this CPU (``probes.admitted_cpu_kernels``:
   fbgemm / oneDNN sign split, oneDNN s8 without split where VNNI/AMX make it exact, ``torch._int_mm``)
   alone on the codes; ``gemm_exact`` in the table is the fastest of them in this run (the ceiling
   for ``llm_int8``'s int8 path).
@@ -53,8 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
 
 from llm_int8 import Int8Linear  # noqa: E402
-from llm_int8.ops import _capability, autotune, cpu  # noqa: E402
-from llm_int8.ops.int8_linear import _quantize_activations  # noqa: E402
+from llm_int8.ops.choice import cpu as cpu_choice  # noqa: E402
+from llm_int8.ops.kernels import cpu_gemm, probes  # noqa: E402
+from llm_int8.ops.kernels.quantize import quantize_activations  # noqa: E402
 
 SHAPES = {  # name: (in_features K, out_features N)
     "smollm2-up": (576, 1536),
@@ -65,7 +66,7 @@ SHAPES = {  # name: (in_features K, out_features N)
 }
 TOKENS = (1, 16, 128, 512, 2048)
 OUTLIER_DIMS = 6
-GEMMS = tuple(f"gemm_{kernel}" for kernel in _capability.admitted_cpu_kernels())
+GEMMS = tuple(f"gemm_{kernel}" for kernel in cpu_choice.admitted_kernels())
 CANDIDATES = (
     "fp32",
     "bf16",
@@ -100,7 +101,7 @@ def _bnb_layer(linear: nn.Linear):
     return layer.to("cpu")  # Int8Params quantize row-wise on this move (CB int8, SCB float32)
 
 
-def _saturating_gemm(packed: cpu.CpuInt8Weight, codes: torch.Tensor):
+def _saturating_gemm(packed: cpu_gemm.CpuInt8Weight, codes: torch.Tensor):
     """The fbgemm u8 x s8 kernel on the M rows of 8-bit codes ``X_i8 + 128`` (saturates; timing only)."""
     stacked = torch.cat([codes, codes.new_tensor([[-128.0, 127.0] + [0.0] * (codes.shape[1] - 2)])])  # (M + 1, K)
     return lambda: torch.ops.quantized.linear_dynamic(stacked, packed.packed, False)
@@ -114,15 +115,15 @@ def _bf16(linear: nn.Linear) -> nn.Linear:
     return layer
 
 
-def _gemm(kernel: str, packed: cpu.CpuInt8Weight, W_i8: torch.Tensor, codes: torch.Tensor):
-    if kernel == _capability.INT_MM:
+def _gemm(kernel: str, packed: cpu_gemm.CpuInt8Weight, W_i8: torch.Tensor, codes: torch.Tensor):
+    if kernel == probes.INT_MM:
         A_i8 = codes.to(torch.int8)
         return lambda: torch._int_mm(A_i8, W_i8.T)
     layout = packed.for_kernel(kernel, W_i8)
-    return lambda: cpu.int8_mm_float(codes, W_i8, layout)
+    return lambda: cpu_gemm.int8_mm_float(codes, W_i8, layout)
 
 
-def _candidates(modules: dict, packed: cpu.CpuInt8Weight, X: torch.Tensor, codes: torch.Tensor) -> dict:
+def _candidates(modules: dict, packed: cpu_gemm.CpuInt8Weight, X: torch.Tensor, codes: torch.Tensor) -> dict:
     X_bf16 = X.to(torch.bfloat16)
     int8_layer = modules["llm_int8"]
     fns = {
@@ -130,14 +131,14 @@ def _candidates(modules: dict, packed: cpu.CpuInt8Weight, X: torch.Tensor, codes
         "bf16": lambda: modules["bf16"](X_bf16),
         "llm_int8": lambda: int8_layer(X),
         "llm_int8_bf16": lambda: modules["llm_int8_bf16"](X_bf16),
-        **{f"gemm_{k}": _gemm(k, packed, int8_layer.weight_int8, codes) for k in _capability.admitted_cpu_kernels()},
+        **{f"gemm_{k}": _gemm(k, packed, int8_layer.weight_int8, codes) for k in cpu_choice.admitted_kernels()},
         "llm_int8_int8path": lambda: modules["llm_int8_int8path"](X),
         "llm_int8_absmax": lambda: modules["llm_int8_absmax"](X),
     }
     if "bnb" in modules:
         fns["bnb"] = lambda: modules["bnb"](X)
-    if _capability.FBGEMM in _capability.admitted_cpu_kernels():  # the raw weight in fbgemm's layout
-        fns["gemm_saturating"] = _saturating_gemm(packed.for_kernel(cpu.FBGEMM, int8_layer.weight_int8), codes)
+    if probes.FBGEMM in cpu_choice.admitted_kernels():  # the raw weight in fbgemm's layout
+        fns["gemm_saturating"] = _saturating_gemm(packed.for_kernel(cpu_gemm.FBGEMM, int8_layer.weight_int8), codes)
     if X.shape[0] <= W8_MAX_TOKENS and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         scales = int8_layer.weight_scale.to(torch.bfloat16)
         fns["w8_bf16"] = lambda: torch.ops.aten._weight_int8pack_mm(X_bf16, int8_layer.weight_int8, scales)
@@ -150,7 +151,7 @@ def run_shape(name: str, K: int, N: int, tokens, args, rows: list[dict]) -> None
     with torch.no_grad():
         linear.weight.normal_(0, K**-0.5, generator=generator)
     int8_layer = Int8Linear.from_linear(linear, threshold=6.0)  # library defaults otherwise
-    packed = cpu.prepack(int8_layer.weight_int8, _capability.cpu_int8_backend())
+    packed = cpu_gemm.prepack(int8_layer.weight_int8, cpu_choice.fixed_kernel())
     modules = {
         "fp32": linear,
         "bf16": _bf16(linear),
@@ -166,7 +167,7 @@ def run_shape(name: str, K: int, N: int, tokens, args, rows: list[dict]) -> None
     skipped: set[str] = set()
     for M in tokens:
         X = _activations(M, K, generator)
-        codes = _quantize_activations(X, 6.0)[0]  # (M, K) float codes, as llm_int8 feeds the GEMM
+        codes = quantize_activations(X, 6.0)[0]  # (M, K) float codes, as llm_int8 feeds the GEMM
         fns = _candidates(modules, packed, X, codes)
         fns = {k: f for k, f in fns.items() if k not in skipped}
         with torch.no_grad():  # kernel choices (timed once per shape and bucket, then cached) before the timing
@@ -268,7 +269,7 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
             ]
         )
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
-    decisions = "\n".join(f"- `{k}`: {v}" for k, v in sorted(autotune.decisions().items()))
+    decisions = "\n".join(f"- `{k}`: {v}" for k, v in sorted(cpu_choice.decisions().items()))
     return (
         "# Layer benchmark (CPU)\n\n"
         f"Command: `{command}`\n\n{machine}\n\n"
@@ -279,7 +280,7 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         "same layer on LLM.int8()'s int8 x int8 "
         "product at every M; `paper absmax` is the paper's LLM.int8() (absmax activations).\n\n"
         + markdown_table(header, table)
-        + "\n\nKernel choices measured by `ops/autotune.py` in this run (ms per call at the timed rows):\n\n"
+        + "\n\nKernel choices measured by `ops/choice/cpu.py` in this run (ms per call at the timed rows):\n\n"
         + (decisions or "- none (timing off)")
         + "\n"
     )
@@ -344,9 +345,9 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", module="bitsandbytes")
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    info["llm_int8 admitted int8 GEMMs"] = ", ".join(_capability.admitted_cpu_kernels())
-    info["kernel choice"] = "measured" if autotune.enabled() else f"fixed ({_capability.cpu_int8_backend()})"
-    info["autotune cache"] = str(autotune.cache_path())
+    info["llm_int8 admitted int8 GEMMs"] = ", ".join(cpu_choice.admitted_kernels())
+    info["kernel choice"] = "measured" if cpu_choice.timing_enabled() else f"fixed ({cpu_choice.fixed_kernel()})"
+    info["autotune cache"] = str(cpu_choice.cache_path())
     info["loadavg_1min_start"] = f"{__import__('os').getloadavg()[0]:.2f}"
     info["clock"] = f"{args.clock} ({'thread CPU time' if args.clock == 'cpu' else 'wall time'})"
     print("machine:", info, flush=True)

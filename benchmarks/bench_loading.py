@@ -133,7 +133,7 @@ def main() -> int:
         n_params = build_checkpoint(fp16_dir, args.layers, args.shard)
         print(f"built {n_params / 1e9:.3f}B-parameter fp16 checkpoint in {fp16_dir}", flush=True)
     else:
-        from llm_int8.integrations.checkpoint import CheckpointShards
+        from llm_int8.integrations.huggingface.checkpoint import CheckpointShards
 
         n_params = sum(math.prod(i.shape) for i in CheckpointShards(fp16_dir).read_headers().values())
     if "reload-int8" in args.modes and not (int8_dir / "config.json").is_file():

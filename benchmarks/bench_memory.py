@@ -83,7 +83,8 @@ def kernel_costs(k: int, n: int, m: int = 512) -> dict[str, float]:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from llm_int8.ops import _capability, int8_mm, prepack_int8_weight
+    from llm_int8.ops import int8_mm, prepack_int8_weight
+    from llm_int8.ops.choice import cpu as cpu_choice
 
     torch.set_num_threads(1)
     W = torch.randint(-127, 128, (n, k), dtype=torch.int8)
@@ -100,7 +101,7 @@ def kernel_costs(k: int, n: int, m: int = 512) -> dict[str, float]:
     packed = prepack_int8_weight(W)
     out[f"packed_gemm_m{m}_ms"] = ms(lambda: int8_mm(A, W, packed=packed), 3)
     out[f"int_mm_plain_m{m}_ms"] = ms(lambda: torch._int_mm(A, W.T), 1)
-    out["backend"] = _capability.cpu_int8_backend()
+    out["backend"] = cpu_choice.fixed_kernel()
     return out
 
 

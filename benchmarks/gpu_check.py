@@ -96,7 +96,7 @@ def _sync(device: torch.device) -> None:
 @contextlib.contextmanager
 def cuda_backend(name: str | None):
     """Force ``LLM_INT8_CUDA_BACKEND`` for the block (``None``: auto)."""
-    from llm_int8.ops import cuda_choice
+    from llm_int8.ops.choice import cuda as cuda_choice
 
     old = os.environ.get(cuda_choice.ENV_BACKEND)
     os.environ[cuda_choice.ENV_BACKEND] = name or "auto"
@@ -124,15 +124,19 @@ def _int8_forward(layer, x: torch.Tensor) -> torch.Tensor:
     tensors under the interpreter, so that the dry run goes through the dispatch and the kernels."""
     if x.is_cuda:
         return layer(x)
-    from llm_int8.ops import cuda, int8_linear
+    from llm_int8.ops import forward_cuda, int8_linear
+    from llm_int8.ops.choice import cpu as cpu_choice
 
     def cublaslt_forward():
         return int8_linear(x.float(), layer.weight_int8, layer.weight_scale, None, layer.threshold,
                            activation=layer.activation).float()  # fmt: skip
 
-    return cuda.int8_linear_cuda(
+    limit = layer.weight_only_max_tokens
+    if limit is None:  # as int8_linear does for a layer that is not on the CPU: the fixed rule
+        limit = cpu_choice.fixed_max_tokens(layer.in_features, layer.out_features)
+    return forward_cuda.int8_linear_cuda(
         x, layer.weight_int8, layer.weight_scale, layer.bias, layer.threshold, layer.activation,
-        None, None, layer._weight_only_limit(), cublaslt_forward,
+        None, None, limit, cublaslt_forward,
     )  # fmt: skip
 
 
@@ -153,8 +157,8 @@ class _Cycle:
 
 def _candidates(sets: dict, x: torch.Tensor, X_i8: torch.Tensor, M: int, device, dtype) -> dict:
     """name -> a call, or (backend to force, a call) for the Int8Linear rows."""
-    from llm_int8.ops import cuda
-    from llm_int8.ops.triton.gemm import int8_gemm
+    from llm_int8.ops.kernels.cuda_gemm import int_mm_padded
+    from llm_int8.ops.kernels.triton.gemm import int8_gemm
 
     fp16, bf16, w8 = _Cycle(sets["fp16"]), _Cycle(sets["bf16"]), _Cycle(sets["W_i8"])
     int8, decode = _Cycle(sets["int8"]), _Cycle(sets["decode"])
@@ -165,7 +169,7 @@ def _candidates(sets: dict, x: torch.Tensor, X_i8: torch.Tensor, M: int, device,
         "triton_gemm": lambda: int8_gemm(X_i8, w8()),
     }
     if device.type == "cuda":
-        cands["int_mm"] = lambda: cuda.int_mm_padded(X_i8, w8())
+        cands["int_mm"] = lambda: int_mm_padded(X_i8, w8())
     if sets["bnb"]:
         bnb = _Cycle(sets["bnb"])
         cands["bnb"] = lambda: bnb()(x16)
@@ -460,7 +464,7 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --dry-run to check the script on the CPU", file=sys.stderr)
         return 2
-    from llm_int8.ops import triton as triton_kernels
+    from llm_int8.ops.kernels import triton as triton_kernels
 
     if not triton_kernels.available(device):
         print(f"the Triton kernels cannot run on {device} (triton missing, GPU older than sm_80?)", file=sys.stderr)

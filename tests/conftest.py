@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,13 @@ import torch
 # before any test module is imported. Nothing else in the suite runs Triton code.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# kernels chosen by the fixed order, not by timing: results and dispatch must not depend on the load
-# of the machine (tests of ops/autotune.py turn it back on, with their own cache directory)
+# kernels chosen by the fixed order, not by timing per shape: dispatch must not depend on the load
+# of the machine (tests of ops/choice/cpu.py turn it back on, with their own cache directory).
+# Admission (which kernels are usable at all) is measured once and kept in a folder of this session,
+# not in the user's cache.
 os.environ["LLM_INT8_AUTOTUNE"] = "0"
 os.environ.pop("LLM_INT8_CPU_BACKEND", None)
+os.environ["LLM_INT8_CACHE_DIR"] = tempfile.mkdtemp(prefix="llm_int8_tests_")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LLM_INT8_DATA", REPO.parent / "shared" / "data"))

@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 
 from llm_int8.cli import main
-from llm_int8.ops import _capability, autotune
+from llm_int8.ops.choice import admission
+from llm_int8.ops.choice import cpu as cpu_choice
 
 
 @pytest.fixture
 def fresh_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("LLM_INT8_CACHE_DIR", raising=False)  # conftest's session folder: XDG_CACHE_HOME is tested here
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(autotune, "_loaded_from", None)
+    cpu_choice.forget()
     yield tmp_path
-    autotune._memory.clear()
-    autotune._memo.clear()
+    cpu_choice.forget()
 
 
 def test_env_prints_cpu_kernels_versions_and_cache(capsys, fresh_cache):
@@ -24,21 +25,22 @@ def test_env_prints_cpu_kernels_versions_and_cache(capsys, fresh_cache):
         assert section in out
     for name in ("torch:", "transformers:", "bitsandbytes:", "triton:", "llm_int8:"):
         assert f"\n{name}" in out
-    admitted = ", ".join(_capability.admitted_cpu_kernels()) or "none"
-    assert f"self-test): {admitted}\n" in out
+    admitted = ", ".join(admission.admitted_kernels()) or "none"
+    assert f"of the fastest): {admitted}\n" in out
+    assert f"used with timing off: {admission.fixed_kernel()}\n" in out
     assert f"cache file: {fresh_cache}" in out
-    assert "timing: off" in out and "no decisions yet" in out  # the test suite turns timing off
+    assert "timing: off" in out and "no per-shape decisions yet" in out  # the test suite turns timing off
 
 
 def test_env_tune_measures_and_lists_the_choice(capsys, fresh_cache, monkeypatch):
-    monkeypatch.setenv(autotune.AUTOTUNE_ENV, "1")
-    if len(_capability.admitted_cpu_kernels()) < 2:
+    monkeypatch.setenv(cpu_choice.AUTOTUNE_ENV, "1")
+    if len(admission.admitted_kernels()) < 2:
         pytest.skip("one admitted kernel: nothing is timed")
     assert main(["env", "--tune", "64x48", "--tokens", "3"]) == 0
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("gemm:64x48:m4:"))
-    assert line.split()[1] in _capability.admitted_cpu_kernels() and " ms" in line
-    assert autotune.cache_path().is_file()
+    assert line.split()[1] in admission.admitted_kernels() and " ms" in line
+    assert cpu_choice.cache_path().is_file()
 
 
 @pytest.mark.parametrize("shape", ["64", "0x4", "axb"])

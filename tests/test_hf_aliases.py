@@ -9,7 +9,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from llm_int8 import Int8Linear, LLMInt8Config
-from llm_int8.integrations.hf_quantizer import LLMInt8HfQuantizer
+from llm_int8.integrations.huggingface.quantizer import LLMInt8HfQuantizer
 
 
 def _float_layers(model) -> set[str]:

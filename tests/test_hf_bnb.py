@@ -78,6 +78,6 @@ def test_checkpoint_written_here_loads_in_bitsandbytes(tmp_path):
 
 def test_saving_zeropoint_activations_in_bitsandbytes_format_warns(tmp_path, caplog):
     ours = quantize_model(tiny_model("gpt2"))  # the default: zeropoint activations
-    with caplog.at_level("WARNING", logger="llm_int8.integrations.saving"):
+    with caplog.at_level("WARNING", logger="llm_int8.integrations.huggingface.saving"):
         llm_int8.save_bitsandbytes(ours, tmp_path / "bnb")
     assert "bitsandbytes will run these weights with absmax activations, not zeropoint" in caplog.text

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 import llm_int8
 from llm_int8 import Int8Linear, LLMInt8Config
-from llm_int8.integrations.hf_quantizer import FORMAT_VERSION
+from llm_int8.integrations.huggingface.quantizer import FORMAT_VERSION
 
 PLAIN_LOAD = """
 import sys

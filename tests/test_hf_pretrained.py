@@ -12,8 +12,8 @@ from torch import nn
 
 import llm_int8
 from llm_int8 import Int8Linear, quantize_model
-from llm_int8.integrations import pretrained
-from llm_int8.integrations.checkpoint import CheckpointError, SafetensorsFile
+from llm_int8.integrations.huggingface import blockwise
+from llm_int8.integrations.huggingface.checkpoint import CheckpointError, SafetensorsFile
 
 
 def _int8_layers(model) -> dict[str, Int8Linear]:
@@ -50,7 +50,7 @@ def test_zero_and_tiny_rows(tmp_path, transposed):
     W[4] = 1e-30
     save_file({"w": W.T.contiguous() if transposed else W}, tmp_path / "x.safetensors")
     with SafetensorsFile(tmp_path / "x.safetensors") as f:
-        W_i8, s_w, _ = pretrained._read_quantized(f, "w", transposed, "w", pretrained._Scratch())
+        W_i8, s_w, _ = blockwise.read_quantized(f, "w", transposed, "w", blockwise.Scratch())
     assert torch.equal(W_i8[1], torch.zeros(10, dtype=torch.int8)) and s_w[1] == 0
     expected = Int8Linear.from_linear(_linear_with(W))
     assert torch.equal(W_i8, expected.weight_int8) and torch.equal(s_w, expected.weight_scale)
@@ -68,7 +68,7 @@ def test_blockwise_quantization_is_bit_exact(tmp_path, monkeypatch, family):
     """Tiny blocks force many row blocks per weight (and the two-pass Conv1D path for GPT-2)."""
     model = tiny_model(family)
     model.save_pretrained(tmp_path)
-    monkeypatch.setattr(pretrained, "_BLOCK_BYTES", 3 * 4 * 64)  # 3 rows of 64 float32 per block
+    monkeypatch.setattr(blockwise, "BLOCK_BYTES", 3 * 4 * 64)  # 3 rows of 64 float32 per block
     loaded = llm_int8.from_pretrained(tmp_path, progress=False)
     _assert_same_int8(loaded, quantize_model(copy.deepcopy(model)))
 
@@ -81,7 +81,7 @@ def test_float_dims_are_taken_out_while_streaming(tmp_path, monkeypatch, family)
     model.save_pretrained(tmp_path)
     layers = [n for n, m in quantize_model(copy.deepcopy(model)).named_modules() if isinstance(m, Int8Linear)]
     dims = {layers[0]: [0, 5, 33], layers[-1]: [2]}
-    monkeypatch.setattr(pretrained, "_BLOCK_BYTES", 3 * 4 * 64)  # 3 rows of 64 float32 per block
+    monkeypatch.setattr(blockwise, "BLOCK_BYTES", 3 * 4 * 64)  # 3 rows of 64 float32 per block
     loaded = llm_int8.from_pretrained(tmp_path, float_dims=dims, progress=False)
     reference = quantize_model(copy.deepcopy(model), float_dims=dims)
     _assert_same_int8(loaded, reference)

@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 import llm_int8
 from llm_int8 import Int8Linear, quantize_model
-from llm_int8.integrations.hf_quantizer import FORMAT_VERSION
-from llm_int8.integrations.saving import atomic_directory
+from llm_int8.integrations.huggingface.quantizer import FORMAT_VERSION
+from llm_int8.integrations.huggingface.saving import atomic_directory
 
 
 def _saved_tensors(folder) -> dict[str, torch.dtype]:

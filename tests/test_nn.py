@@ -7,11 +7,13 @@ import torch
 from torch import nn
 
 from llm_int8 import Int8Linear
-from llm_int8.ops import _capability
+from llm_int8.ops.choice import cpu as cpu_choice
+from llm_int8.ops.forward import weight_only_limit
+from llm_int8.ops.kernels import probes
 from llm_int8.primitives import int8_linear_reference, int8_weight_only_reference
 
 needs_weight_only = pytest.mark.skipif(
-    not _capability.has_weight_int8pack_mm(), reason="torch._weight_int8pack_mm does not run on this CPU build"
+    not probes.has_weight_int8pack_mm(), reason="torch._weight_int8pack_mm does not run on this CPU build"
 )
 
 
@@ -159,17 +161,16 @@ def test_zeropoint_layer_saves_the_same_state_and_follows_weight_changes():
 
 @needs_weight_only
 def test_few_tokens_take_the_weight_only_path_by_default():
-    from llm_int8.ops import weight_only
 
     q = Int8Linear.from_linear(_linear(K=48))
-    assert q.weight_only_max_tokens is None and weight_only.auto_max_tokens(48, 24) == weight_only.AUTO_MAX_TOKENS
-    assert weight_only.auto_max_tokens(4096, 4096) == 1 and weight_only.auto_max_tokens(4096, 11008) == 0
+    assert q.weight_only_max_tokens is None and weight_only_limit(48, 24) == cpu_choice.AUTO_MAX_TOKENS
+    assert weight_only_limit(4096, 4096) == 1 and weight_only_limit(4096, 11008) == 0
     X = torch.randn(1, 48)
     ref = int8_weight_only_reference(X.double(), q.weight_int8, q.weight_scale, q.bias)
     torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=2**-8 * ref.abs().max().item())
     # decoding alone builds neither the packed copy of the weight nor its row sums
     assert not q._packed_weight.is_built and not q._row_sums.is_built
-    q(torch.randn(weight_only.AUTO_MAX_TOKENS + 1, 48))
+    q(torch.randn(cpu_choice.AUTO_MAX_TOKENS + 1, 48))
     assert q._row_sums.is_built  # the int8 x int8 path ran and built what it needs
     q.weight_only_max_tokens = 0  # off: the LLM.int8() product for every input
     ref8 = int8_linear_reference(X.double(), q.weight_int8, q.weight_scale, q.bias, 6.0, activation=q.activation)
@@ -178,7 +179,7 @@ def test_few_tokens_take_the_weight_only_path_by_default():
 
 def test_weight_only_path_only_for_k_a_multiple_of_16():
     # torch's x86 kernel has no remainder loop over K: other K must take the int8 x int8 path
-    from llm_int8.ops import weight_only
+    from llm_int8.ops.kernels import weight_only
 
     q = Int8Linear.from_linear(_linear(K=40))
     assert not weight_only.available(torch.device("cpu"), 40)

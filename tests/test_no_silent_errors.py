@@ -21,10 +21,12 @@ from torch import nn
 import llm_int8
 from llm_int8 import CheckpointError, Int8Linear, quantize_model
 from llm_int8.cli import main
-from llm_int8.integrations import saving
-from llm_int8.integrations.checkpoint import SafetensorsFile
-from llm_int8.integrations.hf_quantizer import LLMInt8Config
-from llm_int8.ops import PackedWeightCache, _capability
+from llm_int8.integrations.huggingface import saving
+from llm_int8.integrations.huggingface.checkpoint import SafetensorsFile
+from llm_int8.integrations.huggingface.quantizer import LLMInt8Config
+from llm_int8.ops import PackedWeightCache
+from llm_int8.ops.choice import admission
+from llm_int8.ops.kernels import probes
 from llm_int8.primitives import int8_matmul_reference
 
 # ---- 1. the exact fallback beyond int32 ---------------------------------------------------------
@@ -135,13 +137,13 @@ def _write_zero(layer: Int8Linear, route: str) -> None:
 ROUTES = ["data", "numpy", "inference_load", "inference_copy", "no_grad_copy", "assign"]
 
 
-@pytest.mark.parametrize("backend", [_capability.FBGEMM, _capability.ONEDNN, _capability.REFERENCE])
+@pytest.mark.parametrize("backend", [probes.FBGEMM, probes.ONEDNN, probes.REFERENCE])
 @pytest.mark.parametrize("activation", ["absmax", "zeropoint"])
 @pytest.mark.parametrize("route", ROUTES)
 def test_written_weight_is_never_stale(monkeypatch, backend, activation, route):
-    if backend == _capability.ONEDNN and not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+    if backend == probes.ONEDNN and not hasattr(torch.ops.onednn, "qlinear_pointwise"):
         pytest.skip("oneDNN int8 kernels are not in this torch build")
-    monkeypatch.setattr(_capability, "cpu_int8_backend", lambda: backend)
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: backend)
     layer = Int8Linear.from_linear(nn.Linear(64, 32), activation=activation, weight_only_max_tokens=0)
     x = torch.randn(40, 64)
     layer(x)  # builds the caches
@@ -208,7 +210,7 @@ def test_layer_on_meta_to_empty():
 def test_model_on_meta_to_empty_then_loaded_matches():
     from transformers import LlamaForCausalLM
 
-    from llm_int8.integrations.swap import swap_linears_on_meta
+    from llm_int8.integrations.surgery.swap import swap_linears_on_meta
 
     ours = quantize_model(tiny_model("llama"))
     with torch.device("meta"):
@@ -394,7 +396,7 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, tmp_path, capsys):
 
 
 def test_missing_model_is_one_line(capsys, monkeypatch):
-    from llm_int8.integrations import loading
+    from llm_int8.integrations.huggingface import loading
 
     def offline(source):  # the hub is out of reach in the tests: what an offline lookup raises
         raise OSError(f"{source} is not a local folder and the hub cannot be reached\nsecond line")

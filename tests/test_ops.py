@@ -200,7 +200,7 @@ def test_trainable_bias_receives_its_gradient():
 
 def test_zeropoint_activations_are_the_same_codes_as_the_primitive():
     """The fused quantizer of int8_linear is zeropoint_quantize of X with the outlier columns zeroed."""
-    from llm_int8.ops.int8_linear import _quantize_activations_zeropoint
+    from llm_int8.ops.kernels.quantize import quantize_activations_zeropoint as _quantize_activations_zeropoint
     from llm_int8.primitives import outlier_columns, zeropoint_quantize
 
     X = _planted(64, 96) + torch.rand(64, 1) * 3  # rows shifted by different amounts
@@ -245,7 +245,7 @@ def test_zeropoint_uses_the_row_sums_it_is_given():
 # --- the weight-only path (int8 weight, bf16 activations) for a few tokens -------------------------
 
 needs_weight_only = pytest.mark.skipif(
-    not __import__("llm_int8.ops._capability", fromlist=["x"]).has_weight_int8pack_mm(),
+    not __import__("llm_int8.ops.kernels.probes", fromlist=["x"]).has_weight_int8pack_mm(),
     reason="torch._weight_int8pack_mm does not run on this CPU build",
 )
 
@@ -254,7 +254,7 @@ needs_weight_only = pytest.mark.skipif(
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
 @pytest.mark.parametrize("M,K,N", [(1, 64, 48), (8, 576, 1536), (3, 96, 40)])
 def test_weight_only_path_matches_its_reference(dtype, M, K, N):
-    from llm_int8.ops.weight_only import int8_weight_only_linear
+    from llm_int8.ops.kernels.weight_only import int8_weight_only_linear
     from llm_int8.primitives import int8_weight_only_reference
 
     W, W_i8, s_w, b = _layer(K, N)
@@ -271,7 +271,7 @@ def test_weight_only_path_matches_its_reference(dtype, M, K, N):
 
 @needs_weight_only
 def test_int8_linear_takes_the_weight_only_path_only_where_asked(monkeypatch):
-    from llm_int8.ops import weight_only
+    from llm_int8.ops.kernels import weight_only
 
     calls = []
     real = weight_only.int8_weight_only_linear
@@ -291,7 +291,7 @@ def test_int8_linear_takes_the_weight_only_path_only_where_asked(monkeypatch):
 
 @needs_weight_only
 def test_weight_only_path_propagates_nan_and_inf_like_nn_linear():
-    from llm_int8.ops.weight_only import int8_weight_only_linear
+    from llm_int8.ops.kernels.weight_only import int8_weight_only_linear
 
     K, N = 32, 12
     _, W_i8, s_w, b = _layer(K, N)

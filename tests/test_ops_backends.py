@@ -14,29 +14,31 @@ import pytest
 import torch
 
 from llm_int8 import Int8Linear
-from llm_int8.ops import PackedWeightCache, _capability, cpu, int8_linear, int8_mm, prepack_int8_weight
-from llm_int8.ops.int8_linear import _quantize_activations
+from llm_int8.ops import PackedWeightCache, int8_linear, int8_mm, prepack_int8_weight
+from llm_int8.ops.choice import admission
+from llm_int8.ops.kernels import cpu_gemm, probes
+from llm_int8.ops.kernels.quantize import quantize_activations as _quantize_activations
 from llm_int8.primitives import int8_linear_reference, int8_matmul_reference, outlier_columns, rowwise_quantize
 
 BACKENDS = [
-    _capability.ONEDNN_S8,
-    _capability.FBGEMM_PAIRS,
-    _capability.FBGEMM,
-    _capability.ONEDNN,
-    _capability.INT_MM,
-    _capability.REFERENCE,
+    probes.ONEDNN_S8,
+    probes.FBGEMM_PAIRS,
+    probes.FBGEMM,
+    probes.ONEDNN,
+    probes.INT_MM,
+    probes.REFERENCE,
 ]
-PACKING = [_capability.FBGEMM_PAIRS, _capability.FBGEMM, _capability.ONEDNN]
+PACKING = [probes.FBGEMM_PAIRS, probes.FBGEMM, probes.ONEDNN]
 # what the torch build ships, not what the probes accept: a kernel that fails its self-test here
 # must fail these tests, not skip them
 _AVAILABLE = {
     # except the no-split kernel: it is exact only with VNNI / AMX, and failing its self-test elsewhere is right
-    _capability.ONEDNN_S8: _capability.has_onednn_s8_linear,
-    _capability.FBGEMM_PAIRS: lambda: "fbgemm" in torch.backends.quantized.supported_engines,
-    _capability.FBGEMM: lambda: "fbgemm" in torch.backends.quantized.supported_engines,
-    _capability.ONEDNN: lambda: torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise"),
-    _capability.INT_MM: _capability.has_int_mm,
-    _capability.REFERENCE: lambda: True,
+    probes.ONEDNN_S8: probes.has_onednn_s8_linear,
+    probes.FBGEMM_PAIRS: lambda: "fbgemm" in torch.backends.quantized.supported_engines,
+    probes.FBGEMM: lambda: "fbgemm" in torch.backends.quantized.supported_engines,
+    probes.ONEDNN: lambda: torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise"),
+    probes.INT_MM: probes.has_int_mm,
+    probes.REFERENCE: lambda: True,
 }
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # same quantization, float32 vs float64 denormalization, rounded to the output dtype
@@ -51,8 +53,9 @@ def _ids(value):
 
 def _force(monkeypatch, backend: str) -> None:
     if not _AVAILABLE[backend]():
-        pytest.skip(f"CPU int8 backend {backend} is not available in this torch build")
-    monkeypatch.setattr(_capability, "cpu_int8_backend", lambda: backend)
+        why = "fails its exactness self-test here (it needs VNNI or AMX)" if backend == probes.ONEDNN_S8 else None
+        pytest.skip(f"CPU int8 kernel {backend} {why or 'is not available in this torch build'}")
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: backend)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -155,8 +158,8 @@ def test_packed_weight_of_another_tensor_is_rejected(packing_backend):
 
 def test_static_exactness_bound_counts_minus_128():
     W = torch.full((2, 1040), -128, dtype=torch.int8)  # 127 * 128 * 1040 > 2^24; |int8(-128)| overflows
-    assert not cpu.prepack(W, _capability.ONEDNN).always_exact
-    assert cpu.prepack(_codes(4, 64), _capability.ONEDNN).always_exact
+    assert not cpu_gemm.prepack(W, probes.ONEDNN).always_exact
+    assert cpu_gemm.prepack(_codes(4, 64), probes.ONEDNN).always_exact
 
 
 # --- the probes ----------------------------------------------------------------------------------
@@ -166,29 +169,44 @@ def test_self_test_rejects_a_kernel_that_saturates(monkeypatch):
     def clipped(A_i8, W_i8, weight):
         return int8_matmul_reference(A_i8, W_i8).clamp(-32767, 32767)
 
-    monkeypatch.setattr(cpu, "int8_mm_int32", clipped)
-    assert not _capability._self_test(_capability.ONEDNN)
+    monkeypatch.setattr(cpu_gemm, "int8_mm_integer", clipped)
+    assert not probes._self_test(probes.ONEDNN)
 
 
 def test_the_real_kernels_pass_their_self_test():
-    assert _capability.has_fbgemm_linear() == _AVAILABLE[_capability.FBGEMM]()
-    assert _capability.has_fbgemm_pairs_linear() == _AVAILABLE[_capability.FBGEMM_PAIRS]()
-    assert _capability.has_onednn_linear() == _AVAILABLE[_capability.ONEDNN]()
+    assert probes.has_fbgemm_linear() == _AVAILABLE[probes.FBGEMM]()
+    assert probes.has_fbgemm_pairs_linear() == _AVAILABLE[probes.FBGEMM_PAIRS]()
+    assert probes.has_onednn_linear() == _AVAILABLE[probes.ONEDNN]()
 
 
-def test_backend_order(monkeypatch):
-    monkeypatch.setattr(_capability, "has_onednn_s8_linear", lambda: True)
-    assert _capability.cpu_int8_backend() == _capability.ONEDNN_S8
-    monkeypatch.setattr(_capability, "has_onednn_s8_linear", lambda: False)
-    monkeypatch.setattr(_capability, "has_fbgemm_pairs_linear", lambda: True)
-    assert _capability.cpu_int8_backend() == _capability.FBGEMM_PAIRS
-    monkeypatch.setattr(_capability, "has_fbgemm_pairs_linear", lambda: False)
-    monkeypatch.setattr(_capability, "has_fbgemm_linear", lambda: False)
-    assert _capability.cpu_int8_backend() in (_capability.ONEDNN, _capability.INT_MM)
-    monkeypatch.setattr(_capability, "has_onednn_linear", lambda: False)
-    assert _capability.cpu_int8_backend() == _capability.INT_MM
-    monkeypatch.setattr(_capability, "has_int_mm", lambda: False)
-    assert _capability.cpu_int8_backend() == _capability.REFERENCE
+def test_fixed_kernel_is_the_fastest_admitted_exact_one(monkeypatch):
+    admission.forget()
+    monkeypatch.setattr(probes, "exact_cpu_kernels", lambda: [probes.FBGEMM, probes.ONEDNN, probes.INT_MM])
+    monkeypatch.setattr(admission, "admission", lambda: {"admitted": [probes.ONEDNN, probes.FBGEMM]})
+    assert admission.fixed_kernel() == probes.ONEDNN
+    admission.forget()
+    # a cache file written before a kernel stopped passing its self-test does not bring it back
+    monkeypatch.setattr(probes, "exact_cpu_kernels", lambda: [probes.FBGEMM])
+    assert admission.admitted_kernels() == [probes.FBGEMM] and admission.fixed_kernel() == probes.FBGEMM
+    admission.forget()
+    monkeypatch.setattr(admission, "admission", lambda: {"admitted": []})
+    assert admission.fixed_kernel() == probes.REFERENCE
+    admission.forget()
+
+
+def test_exact_kernels_in_order_of_preference(monkeypatch):
+    for probe_name in [
+        "has_onednn_s8_linear",
+        "has_fbgemm_pairs_linear",
+        "has_fbgemm_linear",
+        "has_onednn_linear",
+        "has_int_mm_cpu",
+    ]:
+        monkeypatch.setattr(probes, probe_name, lambda: True)
+    assert probes.exact_cpu_kernels() == list(probes.ALL_CPU_KERNELS)
+    monkeypatch.setattr(probes, "has_onednn_s8_linear", lambda: False)
+    monkeypatch.setattr(probes, "has_fbgemm_linear", lambda: False)
+    assert probes.exact_cpu_kernels() == [probes.FBGEMM_PAIRS, probes.ONEDNN, probes.INT_MM]
 
 
 # --- activation quantization: one pass, same codes as the primitives ----------------------------
@@ -235,9 +253,9 @@ def test_int8_linear_is_identical_on_every_backend(monkeypatch, threshold):
     outputs = {}
     for name in BACKENDS:
         if _AVAILABLE[name]():
-            monkeypatch.setattr(_capability, "cpu_int8_backend", lambda name=name: name)
+            monkeypatch.setattr(admission, "fixed_kernel", lambda name=name: name)
             outputs[name] = int8_linear(X, W_i8, s_w, b, threshold)
-    first = outputs.pop(_capability.REFERENCE)
+    first = outputs.pop(probes.REFERENCE)
     for name, Y in outputs.items():
         assert torch.equal(Y, first), name
 
@@ -289,16 +307,27 @@ def test_int8_linear_gradient(backend):
 # --- the packed layout a module keeps ------------------------------------------------------------
 
 
+def _bell_linear(in_features: int, out_features: int) -> torch.nn.Linear:
+    """A linear layer with a trained model's heavy-tailed weights: most codes small, a few large
+    (``nn.Linear``'s uniform init would send ``FBGEMM_PAIRS`` to another kernel: a quarter of its
+    pairs break the bound)."""
+    linear = torch.nn.Linear(in_features, out_features)
+    with torch.no_grad():
+        linear.weight.normal_(0, 0.02)
+        linear.weight[:, 0] = 0.2
+    return linear
+
+
 def test_module_packs_once_and_repacks_when_the_weight_changes(packing_backend, monkeypatch):
     calls = []
-    real = cpu.prepack
-    monkeypatch.setattr(cpu, "prepack", lambda W, kernel: calls.append(kernel) or real(W, kernel))
-    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32), weight_only_max_tokens=0)  # the int8 x int8 path packs
+    real = cpu_gemm.prepack
+    monkeypatch.setattr(cpu_gemm, "prepack", lambda W, kernel: calls.append(kernel) or real(W, kernel))
+    layer = Int8Linear.from_linear(_bell_linear(64, 32), weight_only_max_tokens=0)  # the int8 x int8 path packs
     X = _planted(5, 64)
     Y = layer(X)
     layer(X)
     assert calls == [packing_backend]
-    other = Int8Linear.from_linear(torch.nn.Linear(64, 32), weight_only_max_tokens=0)
+    other = Int8Linear.from_linear(_bell_linear(64, 32), weight_only_max_tokens=0)
     layer.load_state_dict(other.state_dict())  # in-place copy into the buffers: version bump
     assert torch.equal(layer(X), other(X)) and not torch.equal(layer(X), Y)
     assert len(calls) == 3  # layer repacked once, other packed once
@@ -308,7 +337,7 @@ def test_module_packs_once_and_repacks_when_the_weight_changes(packing_backend, 
 
 
 def test_module_with_a_packed_weight_deepcopies_and_pickles(packing_backend):
-    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32), weight_only_max_tokens=0)
+    layer = Int8Linear.from_linear(_bell_linear(64, 32), weight_only_max_tokens=0)
     X = _planted(5, 64)
     Y = layer(X)  # builds the (uncopyable, for oneDNN) packed layout
     for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
@@ -316,18 +345,35 @@ def test_module_with_a_packed_weight_deepcopies_and_pickles(packing_backend):
     assert set(layer.state_dict()) == {"weight_int8", "weight_scale", "bias"}
 
 
+def test_pairs_kernel_hands_a_uniform_weight_to_another_kernel(monkeypatch):
+    packed_kernels = [k for k in admission.admitted_kernels() if k in cpu_gemm.KERNELS]
+    if probes.FBGEMM_PAIRS not in packed_kernels or len(packed_kernels) < 2:
+        pytest.skip(f"needs fbgemm_pairs and another packed kernel admitted, not {packed_kernels}")
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: probes.FBGEMM_PAIRS)
+    uniform = _codes(96, 256)  # codes of a uniform weight: a quarter of the pairs break the bound
+    packed = prepack_int8_weight(uniform)
+    assert packed.kernel == probes.FBGEMM_PAIRS and packed.fix_density > cpu_gemm.PAIRS_MAX_FIX_DENSITY
+    A = _codes(9, 256)
+    assert torch.equal(int8_mm(A, uniform, packed=packed), int8_matmul_reference(A, uniform))
+    other = [k for k in admission.admitted_kernels() if k in cpu_gemm.KERNELS and k != probes.FBGEMM_PAIRS][0]
+    assert set(packed.others) == {other}  # the layout the GEMM ran on
+    bell = Int8Linear.from_linear(_bell_linear(256, 96)).weight_int8
+    packed = prepack_int8_weight(bell)
+    assert packed.fix_density < cpu_gemm.PAIRS_MAX_FIX_DENSITY
+    assert torch.equal(int8_mm(A, bell, packed=packed), int8_matmul_reference(A, bell)) and not packed.others
+
+
 def test_cache_returns_none_where_nothing_is_packed(monkeypatch):
-    monkeypatch.setattr(_capability, "cpu_int8_backend", lambda: _capability.REFERENCE)
+    monkeypatch.setattr(admission, "fixed_kernel", lambda: probes.REFERENCE)
     assert PackedWeightCache().get(_codes(4, 8)) is None
 
 
 def test_cached_outlier_columns_give_the_same_output(monkeypatch):
     # the packed weight keeps recent outlier columns of W_i8; a changing outlier set, beyond the
     # cache's size, must give what a gather per call gives
-    import importlib
+    from llm_int8.ops.kernels import epilogue
 
-    impl = importlib.import_module("llm_int8.ops.int8_linear")  # the module; the package exports the function
-    monkeypatch.setattr(impl, "_MAX_CACHED_COLUMNS", 3)
+    monkeypatch.setattr(epilogue, "_MAX_CACHED_COLUMNS", 3)
     W_i8, s_w, b = _layer(96, 40)
     packed = prepack_int8_weight(W_i8)
     if packed is None:
@@ -344,7 +390,7 @@ def test_pair_bounded_weight():
     W = _codes(33, 71)
     W[0] = 127
     W[1, ::2], W[1, 1::2] = -128, 127  # |-128| + 127: the largest violation
-    W_safe, W_fix = cpu.pair_bounded(W)
+    W_safe, W_fix = cpu_gemm.pair_bounded(W)
     assert torch.equal(W_safe.to(torch.int16) + W_fix, W.to(torch.int16))
     pairs = torch.nn.functional.pad(W_safe.to(torch.int16).abs(), (0, 1)).view(33, -1, 2).sum(-1)
     assert int(pairs.max()) == 128
@@ -355,7 +401,7 @@ def test_pair_bounded_weight():
 
 def test_pairs_kernel_refuses_a_weight_beyond_the_bound(monkeypatch):
     # the self-test must catch a kernel whose pairs can saturate: pack the raw weight, not W_safe
-    if not _AVAILABLE[_capability.FBGEMM_PAIRS]():
+    if not _AVAILABLE[probes.FBGEMM_PAIRS]():
         pytest.skip("no fbgemm")
-    monkeypatch.setattr(cpu, "pair_bounded", lambda W: (W, torch.zeros_like(W, dtype=torch.int16)))
-    assert not _capability._self_test(_capability.FBGEMM_PAIRS)
+    monkeypatch.setattr(cpu_gemm, "pair_bounded", lambda W: (W, torch.zeros_like(W, dtype=torch.int16)))
+    assert not probes._self_test(probes.FBGEMM_PAIRS)

@@ -1,4 +1,4 @@
-"""Triton kernels of ``llm_int8.ops.triton``: natively on CUDA where there is a GPU, else under the interpreter.
+"""Triton kernels of ``llm_int8.ops.kernels.triton``: natively on CUDA where there is a GPU, else under the interpreter.
 
 Without a GPU the kernels run on CPU tensors with ``TRITON_INTERPRET=1``, which ``conftest.py`` sets
 before anything imports triton (the interpreter is chosen at ``import triton``, and bitsandbytes
@@ -14,12 +14,13 @@ import torch
 
 pytest.importorskip("triton")  # a dev dependency on Linux x86-64; the library itself does not need it
 
-from llm_int8.ops import cuda, cuda_choice, int8_linear  # noqa: E402
-from llm_int8.ops import triton as triton_kernels  # noqa: E402
-from llm_int8.ops.triton.decode import MAX_TOKENS, decode_linear, decode_linear_reference  # noqa: E402
-from llm_int8.ops.triton.gemm import int8_gemm, int8_gemm_reference  # noqa: E402
-from llm_int8.ops.triton.linear import int8_linear_triton  # noqa: E402
-from llm_int8.ops.triton.quantize import quantize_activations, quantize_activations_reference  # noqa: E402
+from llm_int8.ops import forward_cuda, int8_linear
+from llm_int8.ops.choice import cuda as cuda_choice  # noqa: E402
+from llm_int8.ops.kernels import triton as triton_kernels  # noqa: E402
+from llm_int8.ops.kernels.triton.decode import MAX_TOKENS, decode_linear, decode_linear_reference  # noqa: E402
+from llm_int8.ops.kernels.triton.gemm import int8_gemm, int8_gemm_reference  # noqa: E402
+from llm_int8.ops.kernels.triton.linear import int8_linear_triton  # noqa: E402
+from llm_int8.ops.kernels.triton.quantize import quantize_activations, quantize_activations_reference  # noqa: E402
 from llm_int8.primitives import int8_linear_reference, rowwise_quantize  # noqa: E402
 
 NATIVE = torch.cuda.is_available()
@@ -255,7 +256,8 @@ def _dispatch_case(activation="zeropoint", weight_only_max_tokens=0, M=6, dtype=
         return int8_linear(X.float().cpu(), W_i8.cpu(), s_w.cpu(), None, 6.0, activation=activation).to(DEVICE)
 
     def run():
-        return cuda.int8_linear_cuda(X, W_i8, s_w, b, 6.0, activation, None, None, weight_only_max_tokens, cublaslt)
+        args = (6.0, activation, None, None, weight_only_max_tokens, cublaslt)
+        return forward_cuda.int8_linear_cuda(X, W_i8, s_w, b, *args)
 
     want = int8_linear_reference(X.double().cpu(), W_i8.cpu(), s_w.cpu(), b.cpu(), 6.0, activation)
     return run, calls, want
@@ -274,9 +276,8 @@ def test_dispatch_times_once_then_uses_the_cache(choice_env, monkeypatch):
     out = run()
     assert len(timed) == 2
     torch.testing.assert_close(out.cpu().double(), want.double(), rtol=4e-3, atol=4e-3 * want.abs().max())
-    data = json.loads(cuda_choice.cache_path().read_text())
-    (buckets,) = data.values()
-    assert list(buckets.values()) == [cuda_choice.TRITON]
+    decisions = json.loads(cuda_choice.cache_path(DEVICE).read_text())["decisions"]
+    assert [d["choice"] for d in decisions.values()] == [cuda_choice.TRITON]
     calls.clear()
     run()
     assert len(timed) == 2 and not calls  # cached: no timing, Triton ran
@@ -316,8 +317,8 @@ def test_real_timing_picks_a_runnable_backend(choice_env):
     run, _, want = _dispatch_case(M=2)
     out = run()
     torch.testing.assert_close(out.cpu().double(), want.double(), rtol=4e-3, atol=4e-3 * want.abs().max())
-    (buckets,) = json.loads(cuda_choice.cache_path().read_text()).values()
-    assert set(buckets.values()) <= set(cuda_choice.BACKENDS)
+    decisions = json.loads(cuda_choice.cache_path(DEVICE).read_text())["decisions"]
+    assert {d["choice"] for d in decisions.values()} <= set(cuda_choice.BACKENDS)
 
 
 def test_interpreter_mode_is_fixed_at_import():
@@ -337,7 +338,7 @@ def test_cuda_entry_matches_cpu_path(choice_env, monkeypatch, backend):
     if NATIVE:
         got = int8_linear(X.cuda(), W_i8.cuda(), s_w.cuda(), b.cuda(), activation="zeropoint").cpu()
     else:
-        got = cuda.int8_linear_cuda(
+        got = forward_cuda.int8_linear_cuda(
             X, W_i8, s_w, b, 6.0, "zeropoint", None, None, 0,
             lambda: int8_linear(X.float(), W_i8, s_w, None, activation="zeropoint"),
         )  # fmt: skip

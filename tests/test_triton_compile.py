@@ -1,9 +1,9 @@
 """The Triton kernels compile for a Hopper GPU on a machine without one, with the instructions they need.
 
-Runs ``python -m llm_int8.ops.triton.aot`` in a subprocess with ``TRITON_INTERPRET=0`` (this test
+Runs ``python -m llm_int8.ops.kernels.triton.aot`` in a subprocess with ``TRITON_INTERPRET=0`` (this test
 process binds the kernels to the interpreter when there is no GPU; see ``conftest.py``). Triton's wheel
 ships ``ptxas`` and ``cuobjdump``, so this needs no GPU and no CUDA toolkit. The full report over every
-autotuning tile and sm_80 is ``python -m llm_int8.ops.triton.aot`` (BENCHMARKS.md section (f)).
+autotuning tile and sm_80 is ``python -m llm_int8.ops.kernels.triton.aot`` (BENCHMARKS.md section (f)).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.triton
 def report(tmp_path_factory) -> list[dict]:
     path = tmp_path_factory.mktemp("aot") / "rows.json"
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    cmd = [sys.executable, "-m", "llm_int8.ops.triton.aot", "--arch", "90", "--quick", "--json", str(path)]
+    cmd = [sys.executable, "-m", "llm_int8.ops.kernels.triton.aot", "--arch", "90", "--quick", "--json", str(path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert path.is_file(), done.stdout + done.stderr
     return json.loads(path.read_text())

@@ -5,6 +5,7 @@ Layers, each importing only those before it:
 -> ``integrations`` (model conversion and loading) -> ``evaluation`` -> ``cli``.
 """
 
+from ._version import __version__
 from .config import Int8Config
 from .integrations import (
     CheckpointError,
@@ -19,8 +20,6 @@ from .integrations import (
 )
 from .nn import Int8Linear
 from .ops import int8_linear, int8_mm
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

@@ -14,7 +14,7 @@ import logging
 import re
 import sys
 
-from .. import __version__
+from .._version import __version__
 
 __all__ = ["build_parser", "main"]
 

@@ -31,20 +31,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
-@torch.no_grad()  # inference only; a decorator, not set_grad_enabled: main() may run in a caller's process
-def _cmd_outliers(args) -> int:
-    from ..analysis import OutlierCriteria, ablate_outliers, find_outlier_features, find_sites, plot_outliers
-    from ..evaluation import read_text, tokenize_text
-    from ..evaluation.report import write_json
-    from ..integrations import load_model
+def _read_tokens(args, tokenizer, text: str):
+    """The text's token ids, and the window: the default one shortened to what the text holds."""
+    from ..evaluation import tokenize_text
 
-    criteria = OutlierCriteria(args.magnitude, args.min_layers, args.min_seq)
-    text = read_text(args.text)
-    t0 = time.perf_counter()
-    print(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} in float32 ...", flush=True)
-    model, tokenizer = load_model(args.model, dtype=torch.float32)
     ids = tokenize_text(tokenizer, text, args.max_tokens)
-    if args.window is None:  # the default window, shortened to what the text holds
+    if args.window is None:
         args.window = min(_DEFAULT_WINDOW, ids.numel())
         if args.window < _DEFAULT_WINDOW:
             print(
@@ -52,17 +44,13 @@ def _cmd_outliers(args) -> int:
             )
     if ids.numel() < args.window:
         raise ValueError(f"{args.text}: {ids.numel()} tokens, fewer than one window of {args.window}")
-    sites = find_sites(model, args.modules)
-    kinds = {}
-    for s in sites:
-        kinds.setdefault(s.kind, [n.split(".", 1)[-1] for n, _ in s.modules])
-    print(f"measuring {len(sites)} inputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds.items()))
+    return ids
 
-    stats = find_outlier_features(model, ids, sites, window=args.window, criteria=criteria, progress=True)
-    summary = stats.summary()
+
+def _print_outliers(summary: dict, criteria, window: int) -> None:
     tot = summary["totals"]
     print(
-        f"\n{tot['outlier_dims']} outlier dims over {summary['sequences']} sequences of {args.window} tokens "
+        f"\n{tot['outlier_dims']} outlier dims over {summary['sequences']} sequences of {window} tokens "
         f"(|x| >= {criteria.magnitude}, >= {criteria.min_layers:.0%} of layers, >= {criteria.min_seq:.0%} of positions)"
     )
     print("| dim | layers | positions | count/seq | |x| quartiles | one-sided |")
@@ -78,38 +66,60 @@ def _cmd_outliers(args) -> int:
         f"{tot['fraction_of_layers_affected']:.0%}; positions affected {tot['fraction_of_positions_affected']:.1%}"
     )
 
-    ablation = None
-    dims = [o["dim"] for o in summary["outliers"]]
+
+def _ablation(args, model, ids, sites, stats, dims: list[int]) -> dict | None:
+    """Zero the outlier dims (and random ones) and measure perplexity and attention; ``None`` if skipped."""
+    from ..analysis import ablate_outliers
+
     if args.ablation_tokens == 0:
         print("ablation skipped (--ablation-tokens 0)")
-    elif not dims:
+        return None
+    if not dims:
         print("ablation skipped: no outlier dim met the criteria")
-    else:
-        abl_ids = ids[: args.ablation_tokens]
-        ablation = ablate_outliers(
-            model,
-            abl_ids,
-            sites,
-            dims,
-            hidden=stats.hidden,
-            window=min(args.ablation_window, abl_ids.numel()),
-            random_draws=args.random_draws,
-            seed=args.seed,
-            progress=True,
+        return None
+    abl_ids = ids[: args.ablation_tokens]
+    window = min(args.ablation_window, abl_ids.numel())
+    ablation = ablate_outliers(
+        model, abl_ids, sites, dims, hidden=stats.hidden, window=window, random_draws=args.random_draws,
+        seed=args.seed, progress=True,
+    )  # fmt: skip
+    b, o = ablation["baseline"], ablation["outlier_dims_zeroed"]
+    print(f"\nablation ({ablation['windows']} windows of {ablation['window']} tokens)")
+    print("| zeroed | perplexity | Δ | mean top-1 attention | Δ (points) |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| nothing | {b['perplexity']:.3f} | | {b['mean_top1_attention']:.4f} | |")
+    rows = [(f"outlier dims {dims}", o)] + [(f"random {r['dims']}", r) for r in ablation["random_dims_zeroed"]]
+    for label, r in rows:
+        print(
+            f"| {label} | {r['perplexity']:.3f} | {r['perplexity_change_pct']:+.2f}% | "
+            f"{r['mean_top1_attention']:.4f} | {r['top1_attention_change_points']:+.2f} |"
         )
-        b, o = ablation["baseline"], ablation["outlier_dims_zeroed"]
-        print(f"\nablation ({ablation['windows']} windows of {ablation['window']} tokens)")
-        print("| zeroed | perplexity | Δ | mean top-1 attention | Δ (points) |")
-        print("| --- | --- | --- | --- | --- |")
-        print(f"| nothing | {b['perplexity']:.3f} | | {b['mean_top1_attention']:.4f} | |")
-        for label, r in [(f"outlier dims {dims}", o)] + [
-            (f"random {r['dims']}", r) for r in ablation["random_dims_zeroed"]
-        ]:
-            print(
-                f"| {label} | {r['perplexity']:.3f} | {r['perplexity_change_pct']:+.2f}% | "
-                f"{r['mean_top1_attention']:.4f} | {r['top1_attention_change_points']:+.2f} |"
-            )
+    return ablation
 
+
+@torch.no_grad()  # inference only; a decorator, not set_grad_enabled: main() may run in a caller's process
+def _cmd_outliers(args) -> int:
+    from ..analysis import OutlierCriteria, find_outlier_features, find_sites, plot_outliers
+    from ..evaluation import read_text
+    from ..evaluation.report import write_json
+    from ..integrations import load_model
+
+    criteria = OutlierCriteria(args.magnitude, args.min_layers, args.min_seq)
+    text = read_text(args.text)  # fail on a bad path before the slow load
+    t0 = time.perf_counter()
+    print(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} in float32 ...", flush=True)
+    model, tokenizer = load_model(args.model, dtype=torch.float32)
+    ids = _read_tokens(args, tokenizer, text)
+    sites = find_sites(model, args.modules)
+    kinds = {}
+    for s in sites:
+        kinds.setdefault(s.kind, [n.split(".", 1)[-1] for n, _ in s.modules])
+    print(f"measuring {len(sites)} inputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds.items()))
+
+    stats = find_outlier_features(model, ids, sites, window=args.window, criteria=criteria, progress=True)
+    summary = stats.summary()
+    _print_outliers(summary, criteria, args.window)
+    ablation = _ablation(args, model, ids, sites, stats, [o["dim"] for o in summary["outliers"]])
     result = {
         "model": args.model or "SmolLM2-135M-Instruct (bundled GGUF)",
         "text": str(args.text),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import DEFAULT_ACTIVATION, DEFAULT_THRESHOLD
-from ..ops import PackedWeightCache, compute_weight_row_sums, int8_linear
+from ..ops import PackedWeightCache, compute_weight_row_sums, dequantized_weight, int8_linear
 from ..primitives import ACTIVATION_QUANTIZERS, rowwise_quantize
 
 __all__ = ["Int8Linear"]
@@ -36,9 +36,9 @@ class Int8Linear(nn.Module):
     stored weight is the same for both.
 
     ``weight_only_max_tokens``: inputs of at most this many tokens (decoding) run the int8-weight,
-    bf16-activation kernel (``llm_int8.ops.weight_only``) instead, on CPU, where reading the weight
+    bf16-activation kernel (``llm_int8.ops.kernels.weight_only``) instead, on CPU, where reading the weight
     is all the time there is; ``None`` (default) uses the measured crossover
-    ``weight_only.auto_max_tokens(in_features, out_features)`` (up to 16 tokens on small layers, 1 on
+    ``llm_int8.ops.forward.weight_only_limit(in_features, out_features)`` (up to 16 tokens on small layers, 1 on
     4096 x 4096, none above 2**24 weights), 0 turns it off. A runtime choice: set the attribute at will.
 
     ``weight_scale`` stays float32 under ``module.to(dtype)`` / ``.half()``: the scales are part of
@@ -183,10 +183,8 @@ class Int8Linear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the layer multiplies by: ``weight_int8 * weight_scale``, with the
         ``float_dims`` columns taken from ``float_weight`` (a new tensor)."""
-        W = self._buffers["weight_int8"].float() * self.weight_scale[:, None]
-        if self.float_dims is not None:
-            W[:, self.float_dims] = self.float_weight.float()
-        return W.to(dtype)
+        float_columns = None if self.float_dims is None else (self.float_dims, self.float_weight)
+        return dequantized_weight(self._buffers["weight_int8"], self.weight_scale, float_columns).to(dtype)
 
     @property
     def weight(self) -> torch.Tensor:

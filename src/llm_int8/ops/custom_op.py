@@ -7,7 +7,7 @@ graph around them, and ``fullgraph=True`` would fail. As one opaque op with a fa
 one node per layer, and the eager kernels run inside it unchanged: the numerics are those of
 ``int8_linear`` bit for bit.
 
-``int8_linear`` calls the op only while Dynamo traces (``torch.compiler.is_compiling()``), so eager
+``linear.int8_linear`` calls the op only while Dynamo traces (``torch.compiler.is_compiling()``), so eager
 calls keep their few microseconds of Python. Inside the op the packed layout and the row sums of a
 weight come from a cache per weight tensor (a weak reference to it; the layout is rebuilt when the
 tensor is written to, as ``PackedWeightCache`` does for ``Int8Linear``).
@@ -22,7 +22,8 @@ from typing import Optional
 
 import torch
 
-from . import int8_linear as _impl
+from .forward import dequantized_weight, forward
+from .kernels.epilogue import compute_weight_row_sums
 from .prepack import PackedWeightCache
 
 __all__ = ["OP", "OP_NAME", "available"]
@@ -38,7 +39,7 @@ def _caches_for(weight_int8: torch.Tensor):
     entry = _caches.get(key)
     if entry is None or entry[0]() is not weight_int8:
         ref = weakref.ref(weight_int8, lambda _, key=key: _caches.pop(key, None))
-        entry = (ref, PackedWeightCache(), PackedWeightCache(_impl.compute_weight_row_sums))
+        entry = (ref, PackedWeightCache(), PackedWeightCache(compute_weight_row_sums))
         _caches[key] = entry
     return entry[1], entry[2]
 
@@ -58,18 +59,11 @@ def _forward(
 ) -> torch.Tensor:
     packed, row_sums = _caches_for(weight_int8) if x.device.type == "cpu" else (None, None)
     with torch.no_grad():  # the op's gradient is its registered formula, not the eager autograd.Function
-        return _impl.int8_linear(
-            x,
-            weight_int8,
-            weight_scale,
-            bias,
-            threshold,
-            activation=activation,
-            packed_weight=packed,
-            weight_row_sums=row_sums,
-            weight_only_max_tokens=weight_only_max_tokens,
-            float_columns=None if float_dims is None else (float_dims, float_weight),
-        )
+        float_columns = None if float_dims is None else (float_dims, float_weight)
+        return forward(
+            x, weight_int8, weight_scale, bias, threshold, activation, packed, row_sums, weight_only_max_tokens,
+            float_columns,
+        )  # fmt: skip
 
 
 def _fake(x, weight_int8, weight_scale, bias, threshold, activation, weight_only_max_tokens, float_dims, float_weight):
@@ -88,7 +82,7 @@ def _backward(ctx, grad_out):
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
         float_columns = None if float_dims is None else (float_dims, float_weight)
-        W = _impl.dequantized_weight(weight_int8, weight_scale, float_columns)  # (N, K) float32
+        W = dequantized_weight(weight_int8, weight_scale, float_columns)  # (N, K) float32
         grad_x = (grad_out.float() @ W).to(ctx.x_dtype)
     if ctx.needs_input_grad[3]:
         grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).float().sum(0).to(ctx.bias_dtype)

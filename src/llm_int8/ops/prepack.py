@@ -12,21 +12,22 @@ import weakref
 
 import torch
 
-from . import _capability, cpu
+from .choice import admission
+from .kernels import cpu_gemm
 
 __all__ = ["PackedWeight", "PackedWeightCache", "prepack_int8_weight"]
 
-PackedWeight = cpu.CpuInt8Weight
+PackedWeight = cpu_gemm.CpuInt8Weight
 """What ``prepack_int8_weight`` returns; only the CPU backends pack today."""
 
 
 def prepack_int8_weight(weight_int8: torch.Tensor) -> PackedWeight | None:
     """The layout the current backend wants for this (N, K) int8 weight, or ``None`` if it reads it as is."""
     if weight_int8.device.type == "cpu":
-        backend = _capability.cpu_int8_backend()
+        backend = admission.fixed_kernel()
         # the fixed order's kernel; a measured choice of another one is packed on first use (for_kernel)
-        if backend in cpu.KERNELS:
-            return cpu.prepack(weight_int8, backend)
+        if backend in cpu_gemm.KERNELS:
+            return cpu_gemm.prepack(weight_int8, backend)
     return None
 
 
@@ -40,7 +41,7 @@ def _version(t: torch.Tensor) -> int:
 def _key(weight_int8: torch.Tensor) -> tuple:
     # the memory and layout read, and the version counter of the writes PyTorch tracks
     return (
-        _capability.cpu_int8_backend(),
+        admission.fixed_kernel(),
         weight_int8.device,
         weight_int8.data_ptr(),
         tuple(weight_int8.shape),

@@ -1,0 +1,128 @@
+"""The op under every CPU integer GEMM admitted on this machine, forced as a user forces it
+(``LLM_INT8_CPU_BACKEND``): exact integers against the reference for M from 1 to 600, both
+activation modes, and ``K`` past int32's reach. A kernel that is not admitted here is a skip that
+names it and says why.
+
+A kernel that wraps in int32 is staged on any CPU by a stand-in for ``torch._int_mm``: the
+``K_CHUNK`` blocks make it exact, and without them the exactness check of this file fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from llm_int8 import Int8Linear
+from llm_int8.ops import int8_linear, int8_mm
+from llm_int8.ops.choice import admission
+from llm_int8.ops.choice import cpu as cpu_choice
+from llm_int8.ops.kernels import accumulate, cpu_gemm, probes
+from llm_int8.primitives import int8_matmul_reference
+
+LONG_K = 140_000  # 127 * 127 * LONG_K > 2**31: a single int32 accumulator over K would wrap
+
+
+@pytest.fixture(params=[*probes.ALL_CPU_KERNELS, probes.REFERENCE])
+def kernel(request, monkeypatch):
+    name = request.param
+    if name != probes.REFERENCE and name not in admission.admitted_kernels():
+        why = admission.admission()["dropped"].get(name, "not admitted")
+        pytest.skip(f"CPU int8 kernel {name} is not admitted on this CPU: {why}")
+    monkeypatch.setenv(cpu_choice.BACKEND_ENV, name)
+    assert cpu_choice.gemm_kernel(8, 8, 1) == name
+    return name
+
+
+def _codes(*shape, low=-128):
+    return torch.randint(low, 128, shape, dtype=torch.int8)
+
+
+def _extreme(M: int, N: int, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of +-127 against rows of +-127: every product is +-127**2, every sum as large as it gets."""
+    A = torch.full((M, K), 127, dtype=torch.int8)
+    A[1::2] = -127
+    W = torch.full((N, K), 127, dtype=torch.int8)
+    W[1::3] = -127
+    return A, W
+
+
+def assert_exact(A: torch.Tensor, W: torch.Tensor) -> None:
+    """``int8_mm`` on the forced kernel equals the float64-exact reference: values and dtype."""
+    got, want = int8_mm(A, W), int8_matmul_reference(A, W)
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("M", [1, 2, 17, 128, 600])
+@pytest.mark.parametrize("K", [1, 77, 4099])
+def test_int8_mm_is_exact(kernel, M, K):
+    assert_exact(_codes(M, K), _codes(45, K))
+    assert_exact(*_extreme(M, 45, K))
+
+
+@pytest.mark.parametrize("M", [1, 5, 130])
+def test_int8_mm_is_exact_past_int32(kernel, M):
+    A, W = _extreme(M, 4, LONG_K)
+    assert int8_matmul_reference(A, W).dtype == torch.int64  # the sums do leave int32
+    assert_exact(A, W)
+
+
+@pytest.mark.parametrize("activation", ["absmax", "zeropoint"])
+@pytest.mark.parametrize("M", [1, 17, 600])
+def test_op_is_bit_identical_to_the_reference_kernel(kernel, monkeypatch, activation, M):
+    # every kernel returns the exact integers, so the whole layer agrees bit for bit
+    W_i8, s_w = _codes(96, 300, low=-127), torch.rand(96) / 100
+    X = torch.randn(M, 300)
+    X[:, 7] *= 20  # an outlier dim
+    got = int8_linear(X, W_i8, s_w, None, 6.0, activation=activation)
+    monkeypatch.setenv(cpu_choice.BACKEND_ENV, probes.REFERENCE)
+    assert torch.equal(got, int8_linear(X, W_i8, s_w, None, 6.0, activation=activation))
+
+
+@pytest.mark.parametrize("activation", ["absmax", "zeropoint"])
+def test_layer_past_int32_is_right(kernel, activation):
+    # the report of issue 18: equal weights, inputs of ones, 140,000 input features
+    linear = nn.Linear(LONG_K, 2)
+    with torch.no_grad():
+        linear.weight.fill_(0.01)
+        linear.bias.zero_()
+    x = torch.ones(3, LONG_K)
+    layer = Int8Linear.from_linear(linear, activation=activation, weight_only_max_tokens=0)
+    with torch.no_grad():
+        want, got = linear(x).double(), layer(x).double()
+    assert ((got - want).norm() / want.norm()).item() < 0.01
+
+
+# --- a kernel that wraps: made exact by the blocks of K_CHUNK, caught without them --------------------
+
+
+def _wrapping_int_mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """What an int32 accumulator over the whole of K returns: the exact sum modulo 2**32."""
+    exact = A.to(torch.int64) @ B.to(torch.int64)
+    return ((exact + 2**31) % 2**32 - 2**31).to(torch.int32)
+
+
+def test_a_wrapping_kernel_is_exact_in_blocks_and_caught_without(monkeypatch):
+    monkeypatch.setattr(torch, "_int_mm", _wrapping_int_mm)
+    monkeypatch.setenv(cpu_choice.BACKEND_ENV, probes.INT_MM)
+    monkeypatch.setattr(probes, "exact_cpu_kernels", lambda: [probes.INT_MM])
+    A, W = _extreme(3, 4, LONG_K)
+    assert_exact(A, W)  # each block of K_CHUNK fits int32: the stand-in never wraps
+    monkeypatch.setattr(accumulate, "K_CHUNK", 2**40)  # one block over the whole of K
+    with pytest.raises(AssertionError):
+        assert_exact(A, W)
+
+
+def test_a_packed_kernel_is_cut_into_blocks(monkeypatch):
+    kernels = [k for k in admission.admitted_kernels() if k in cpu_gemm.KERNELS]
+    if not kernels:
+        pytest.skip("no packed CPU kernel admitted here")
+    monkeypatch.setattr(accumulate, "K_CHUNK", 64)
+    monkeypatch.setattr(cpu_gemm, "K_CHUNK", 64)
+    W = _codes(5, 150, low=-127)
+    packed = cpu_gemm.prepack(W, kernels[0])
+    assert [c.in_features for c in packed.chunks] == [64, 64, 22]
+    A = _codes(7, 150, low=-127)
+    assert torch.equal(cpu_gemm.int8_mm_integer(A, W, packed), int8_matmul_reference(A, W))
+    assert torch.equal(cpu_gemm.int8_mm_float(A.float(), W, packed), int8_matmul_reference(A, W).float())
