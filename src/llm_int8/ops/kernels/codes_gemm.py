@@ -1,0 +1,49 @@
+"""The CPU integer GEMM fed by a codes buffer the quantizer wrote in place (``quantize.quantize_into``).
+
+Each kernel of ``cpu_gemm.py`` reads the activation codes in its own form, so the buffer is made in
+that form and the codes are written once:
+
+* ``FBGEMM_PAIRS`` (fbgemm's u8 x s8 kernel behind ``quantized::linear_dynamic``) reads float32: the
+  buffer is (M + 2, K), the codes in the first M rows and below them the two sentinel rows of
+  ``cpu_gemm.py`` (-128 and 127 in column 0) that make fbgemm's dynamic quantization take scale 1
+  and zero point 128, so it multiplies the codes as they are. ``pairs_main_product`` runs the
+  kernel on it and returns its (M + 2, N) output; the sparse fix ``X_i8 W_fix^T`` is left to the
+  epilogue (``epilogue.finish`` adds it in the same pass). Only for weights whose products stay
+  below 2**24 (``always_exact``); others take ``cpu_gemm.int8_mm_float``, which checks rows.
+* ``FBGEMM`` (sign split) reads float32 codes (it stacks the two halves itself).
+* ``ONEDNN`` (sign split), ``ONEDNN_S8``, ``torch._int_mm`` and the reference read int8.
+
+Reference: ``cpu_gemm.int8_mm_float`` on the same codes (tests/test_native_kernels.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...primitives import INT8_MAX
+from . import cpu_gemm
+
+__all__ = ["SENTINEL_ROWS", "codes_buffer", "fused_pairs", "pairs_main_product"]
+
+SENTINEL_ROWS = 2
+
+
+def fused_pairs(kernel: str, layout: object) -> bool:
+    """Whether ``kernel`` runs as ``pairs_main_product`` plus the fix in the epilogue (exact in float32)."""
+    return kernel == cpu_gemm.FBGEMM_PAIRS and isinstance(layout, cpu_gemm.CpuInt8Weight) and layout.always_exact
+
+
+def codes_buffer(kernel: str, M: int, K: int, pairs: bool) -> torch.Tensor:
+    """An uninitialised buffer for the codes of M rows in the form ``kernel`` reads (see the module doc)."""
+    if pairs:
+        A = torch.empty(M + SENTINEL_ROWS, K)  # (M + 2, K) float32
+        A[M:].zero_()
+        A[M, 0], A[M + 1, 0] = -128, INT8_MAX
+        return A
+    dtype = torch.float32 if kernel in (cpu_gemm.FBGEMM, cpu_gemm.FBGEMM_PAIRS) else torch.int8
+    return torch.empty(M, K, dtype=dtype)
+
+
+def pairs_main_product(A: torch.Tensor, layout: cpu_gemm.CpuInt8Weight) -> torch.Tensor:
+    """``float32(A W_safe^T)`` (M + 2, N) for a ``codes_buffer(..., pairs=True)`` filled with M rows of codes."""
+    return torch.ops.quantized.linear_dynamic(A, layout.packed, False)
