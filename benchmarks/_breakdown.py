@@ -5,18 +5,28 @@ defaults: zeropoint activations, α = 6, the GEMM the machine measured fastest f
 token bucket) is timed whole and split into the steps ``ops/forward.py`` runs:
 
 * ``quantize``: outlier dims ``O``, each row's range over the other columns, the codes;
-* ``gemm``: the integer GEMM on those codes (``mm.int8_mm_float``, the kernel ``ops/choice`` chose),
-  with, for ``fbgemm_pairs``, its two parts: ``gemm_main`` (fbgemm's u8 x s8 kernel on the
-  pair-bounded weight, ``quantized::linear_dynamic``) and ``gemm_fix`` (the sparse product that
-  restores the pairs above the bound);
-* ``epilogue``: zero-point correction and ``s_x ⊗ s_w`` (timed on a fresh copy of ``C``: the copy
-  is timed alone and subtracted);
-* ``outlier``: the float product over ``O`` accumulated into ``C``;
+* ``gemm``: the integer GEMM on those codes (the kernel ``ops/choice`` chose), with, for
+  ``fbgemm_pairs``, its two parts: ``gemm_main`` (fbgemm's u8 x s8 kernel on the pair-bounded
+  weight, ``quantized::linear_dynamic``) and ``gemm_fix`` (the sparse product that restores the
+  pairs above the bound);
+* ``epilogue``: zero-point correction and ``s_x ⊗ s_w``;
+* ``outlier``: the float product over ``O``;
 * ``bias_cast``: the bias and the cast to the activation dtype.
 
+With the C++ kernels (``ops/kernels/native``, the default where they build) the steps are those of
+``ops/forward._forward_cpu``: ``quantize`` writes the codes into the GEMM's buffer; ``gemm`` is
+the GEMM alone (for ``fbgemm_pairs`` the main product: its sparse fix runs inside the epilogue);
+``outlier`` forms ``X[:, O] (W_i8[:, O] s_w)^T`` (gather and BLAS call); ``epilogue`` is the one
+pass that adds the fix, corrects the zero point, scales, adds the outlier product and the bias and
+casts (so ``bias_cast`` is 0 there). Without them (``LLM_INT8_NATIVE=0``) the steps are the
+PyTorch sequence (``epilogue`` then timed on a fresh copy of ``C``: the copy is timed alone and
+subtracted; ``outlier`` accumulated into ``C`` with ``addmm_``).
+
 Peers in the same run: ``nn.Linear`` in fp32 and in bf16, and the whole layer on its int8 path
-(``layer``) and with its defaults (``layer_default``: the weight-only kernel up to the measured
-crossover). Every candidate is timed in interleaved rounds after a warm-up; medians. The steps are
+(``layer``), the same with the C++ kernels forced off (``layer_fallback``: the PyTorch sequence, the
+code before issue 20 step for step), and with its defaults (``layer_default``: the weight-only
+kernel up to the measured crossover). Every candidate is timed in interleaved rounds after a
+warm-up; medians. The steps are
 called as the op calls them, on the same tensors, so ``layer`` minus their sum is what the op
 adds around them (argument checks, Python, allocation).
 """
@@ -34,8 +44,8 @@ from torch import nn
 from llm_int8 import Int8Linear
 from llm_int8.ops import mm
 from llm_int8.ops.choice import cpu as cpu_choice
-from llm_int8.ops.kernels import cpu_gemm, epilogue
-from llm_int8.ops.kernels.quantize import quantize_activations_zeropoint
+from llm_int8.ops.kernels import codes_gemm, cpu_gemm, epilogue, native
+from llm_int8.ops.kernels.quantize import quantize_activations_zeropoint, quantize_into
 
 SHAPES = {  # name: (in_features K, out_features N)
     "smollm2-qo": (576, 576),
@@ -47,7 +57,7 @@ TOKENS = (1, 16, 128, 512)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 STEPS = ("quantize", "gemm", "epilogue", "outlier", "bias_cast")
 PARTS = ("gemm_main", "gemm_fix")
-PEERS = ("fp32_linear", "bf16_linear", "layer", "layer_default")
+PEERS = ("fp32_linear", "bf16_linear", "layer", "layer_fallback", "layer_default")
 
 
 def _layer_state(layer: Int8Linear, M: int) -> tuple[str, object]:
@@ -60,6 +70,44 @@ def _layer_state(layer: Int8Linear, M: int) -> tuple[str, object]:
 
 def _step_fns(layer: Int8Linear, X: torch.Tensor) -> dict:
     """The op's steps on ``X``, each a callable; what the next step reads is computed once here."""
+    ops = native.ops()
+    return _sequence_steps(layer, X) if ops is None else _fused_steps(layer, X, ops)
+
+
+def _fused_steps(layer: Int8Linear, X: torch.Tensor, ops) -> dict:
+    """``_forward_cpu``'s steps: codes into the GEMM's buffer, the GEMM, the outlier product, one epilogue pass."""
+    W_i8, s_w, bias = layer._buffers["weight_int8"], layer.weight_scale, layer.bias
+    M, K = X.shape
+    kernel, packed = _layer_state(layer, M)
+    row_sums = layer._row_sums.get(W_i8)
+    layout = packed.for_kernel(kernel, W_i8) if kernel in cpu_gemm.KERNELS else None
+    pairs = codes_gemm.fused_pairs(kernel, layout)
+    A = codes_gemm.codes_buffer(kernel, M, K, pairs)
+    s_x, zp, idx = quantize_into(X, layer.threshold, None, "zeropoint", A[:M])
+
+    def gemm():
+        return codes_gemm.pairs_main_product(A, layout) if pairs else mm.int8_mm_float(A, W_i8, packed=packed)
+
+    def outlier():
+        X_O, W_O = epilogue.outlier_operands(X, idx, W_i8, s_w, packed)
+        return torch.mm(X_O, W_O.T)
+
+    C, P = gemm(), outlier() if idx.numel() else None
+    csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values()) if pairs else (None,) * 3
+    codes = A if pairs else None
+    fns = {
+        "quantize": lambda: quantize_into(X, layer.threshold, None, "zeropoint", A[:M]),
+        "gemm": gemm,
+        "epilogue": lambda: ops.epilogue(C, s_w, s_x, zp, row_sums, codes, *csr, P, None, bias, X.dtype),
+        "bias_cast": lambda: None,  # inside the epilogue pass
+    }
+    if idx.numel():
+        fns["outlier"] = outlier
+    return fns, kernel
+
+
+def _sequence_steps(layer: Int8Linear, X: torch.Tensor) -> dict:
+    """The PyTorch sequence's steps (the code before issue 20, and the fallback without the C++ kernels)."""
     W_i8, s_w, bias = layer._buffers["weight_int8"], layer.weight_scale, layer.bias
     M = X.shape[0]
     kernel, packed = _layer_state(layer, M)
@@ -117,6 +165,7 @@ def _cell(modules: dict, X: torch.Tensor, args) -> tuple[dict, str]:
         "fp32_linear": lambda: modules["fp32_linear"](X.float()),
         "bf16_linear": lambda: modules["bf16_linear"](X_16),
         "layer": lambda: modules["layer"](X),
+        "layer_fallback": lambda: _without_native(modules["layer"], X),
         "layer_default": lambda: modules["layer_default"](X),
     }
     with torch.no_grad():
@@ -126,11 +175,26 @@ def _cell(modules: dict, X: torch.Tensor, args) -> tuple[dict, str]:
         fns.update(steps)
         times = time_interleaved(fns, rounds=args.rounds, budget_s=args.cell_budget, clock=args.clock)
     ms = {k: median(v) * 1e3 for k, v in times.items()}
-    ms["epilogue"] = max(ms["epilogue"] - ms.pop("epilogue_copy"), 0.0)
+    if "epilogue_copy" in ms:
+        ms["epilogue"] = max(ms["epilogue"] - ms.pop("epilogue_copy"), 0.0)
+    ms.setdefault("outlier", 0.0)
     return ms, kernel
 
 
+def _without_native(layer: Int8Linear, X: torch.Tensor) -> torch.Tensor:
+    """The layer with the C++ kernels off: the PyTorch sequence (``native.ops`` is what callers ask)."""
+    saved = native.ops
+    native.ops = lambda: None
+    try:
+        return layer(X)
+    finally:
+        native.ops = saved
+
+
 def run(args, info: dict, out: Path, command: str) -> None:
+    ops = native.ops()
+    built = f"built in {native.build_directory()}" if ops else f"off ({native.reason()})"
+    info["C++ kernels (ops/kernels/native)"] = built
     rows = []
     start = time.perf_counter()
     for shape in args.shapes:
@@ -168,7 +232,8 @@ def _cells(rows: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict], info: dict, command: str) -> str:
-    header = ["shape (K x N)", "M", "X", "fp32 Linear", "bf16 Linear", "layer (int8 path)", "layer (default)",
+    header = ["shape (K x N)", "M", "X", "fp32 Linear", "bf16 Linear", "layer (int8 path)",
+              "layer, PyTorch fallback", "layer (default)",
               "quantize", "GEMM (kernel)", "of which main / fix", "epilogue", "outlier", "bias + cast",
               "steps sum", "layer - steps", "GEMM / layer", "layer vs fp32", "layer vs bf16",
               "GEMM vs fp32"]  # fmt: skip
@@ -177,7 +242,8 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         total = sum(c.get(s, 0.0) for s in STEPS)
         parts = f"{c['gemm_main']:.3f} / {c['gemm_fix']:.3f}" if "gemm_main" in c else "-"
         table.append(
-            [f"{shape} ({K}x{N})", str(M), dtype, *(f"{c[p]:.3f}" for p in PEERS), f"{c['quantize']:.3f}",
+            [f"{shape} ({K}x{N})", str(M), dtype, *(f"{c[p]:.3f}" if p in c else "-" for p in PEERS),
+             f"{c['quantize']:.3f}",
              f"{c['gemm']:.3f} ({c['kernel']})", parts, *(f"{c[s]:.3f}" for s in STEPS[2:]), f"{total:.3f}",
              f"{c['layer'] - total:.3f}", f"{c['gemm'] / c['layer']:.0%}", f"{c['fp32_linear'] / c['layer']:.2f}x",
              f"{c['bf16_linear'] / c['layer']:.2f}x", f"{c['fp32_linear'] / c['gemm']:.2f}x"]
@@ -187,7 +253,11 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         "# Int8Linear step breakdown (CPU)\n\n"
         f"Command: `{command}`\n\n{machine}\n\n"
         "Median ms per call. `layer (int8 path)`: Int8Linear with the weight-only path off; the steps are "
-        "its steps on the same input; `layer - steps` is what the op adds around them. `layer (default)`: "
+        "its steps on the same input; `layer - steps` is what the op adds around them. With the C++ kernels, "
+        "`GEMM` is the GEMM alone (fbgemm_pairs: its main product; its sparse fix is inside `epilogue`), "
+        "`outlier` forms the float product, and `epilogue` is the one pass that does the rest (fix, zero "
+        "point, scales, outlier sum, bias, cast; `bias + cast` is 0). `layer, PyTorch fallback`: the same "
+        "layer with the C++ kernels off (the op-by-op sequence, as before issue 20). `layer (default)`: "
         "the library default (weight-only kernel up to the measured crossover). Ratios `vs` are speedups of "
         "the int8-path layer (peer time / layer time); `GEMM vs fp32` is the GEMM step alone against fp32 "
         "`nn.Linear` (the ceiling of the int8 path).\n\n" + markdown_table(header, table) + "\n"
