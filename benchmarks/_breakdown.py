@@ -80,25 +80,27 @@ def _fused_steps(layer: Int8Linear, X: torch.Tensor, ops) -> dict:
     M, K = X.shape
     kernel, packed = _layer_state(layer, M)
     row_sums = layer._row_sums.get(W_i8)
-    layout = packed.for_kernel(kernel, W_i8) if kernel in cpu_gemm.KERNELS else None
-    pairs = codes_gemm.fused_pairs(kernel, layout)
-    A = codes_gemm.codes_buffer(kernel, M, K, pairs)
+    layout = mm._cpu_weight(W_i8, packed, kernel) if kernel in cpu_gemm.KERNELS else None
+    pairs = codes_gemm.fused_pairs(layout)
+    A = codes_gemm.codes_buffer(layout.kernel if layout else kernel, M, K, pairs)
     s_x, zp, idx = quantize_into(X, layer.threshold, None, "zeropoint", A[:M])
 
     def gemm():
-        return codes_gemm.pairs_main_product(A, layout) if pairs else mm.int8_mm_float(A, W_i8, packed=packed)
+        if pairs:
+            return codes_gemm.pairs_main_product(A, layout)
+        return cpu_gemm.int8_mm_float(A, W_i8, layout) if layout else mm.int8_mm_float(A, W_i8, packed=packed)
 
     def outlier():
         X_O, W_O = epilogue.outlier_operands(X, idx, W_i8, s_w, packed)
         return torch.mm(X_O, W_O.T)
 
-    C, P = gemm(), outlier() if idx.numel() else None
+    C, sums = gemm(), [outlier()] if idx.numel() else []
     csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values()) if pairs else (None,) * 3
     codes = A if pairs else None
     fns = {
         "quantize": lambda: quantize_into(X, layer.threshold, None, "zeropoint", A[:M]),
         "gemm": gemm,
-        "epilogue": lambda: ops.epilogue(C, s_w, s_x, zp, row_sums, codes, *csr, P, None, bias, X.dtype),
+        "epilogue": lambda: ops.epilogue(C, s_w, s_x, zp, row_sums, codes, *csr, sums, bias, X.dtype),
         "bias_cast": lambda: None,  # inside the epilogue pass
     }
     if idx.numel():

@@ -152,15 +152,24 @@ def _sequence(C, s_w, s_x, zp, r, products, bias, out_dtype):
     return C.to(out_dtype)
 
 
+ROUTES = {  # how finish adds the float products: the BLAS' sums in the one pass, or addmm_ between two passes
+    "one_pass": {},
+    "two_pass": {"product_columns_limit": lambda: 0},
+}
+
+
 @pytest.mark.skipif(cpu_gemm.FBGEMM_PAIRS not in cpu_choice.admitted_kernels(), reason="fbgemm_pairs not admitted")
 @pytest.mark.parametrize("shape", [(1, 9, 5), (7, 40, 13), (70, 130, 64), (9, 64, 200)], ids=str)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("with_zp", [True, False])
 @pytest.mark.parametrize("n_products", [0, 1, 2])
-def test_finish_with_the_fix_equals_the_sequence(ops, shape, out_dtype, with_zp, n_products):
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_finish_with_the_fix_equals_the_sequence(ops, monkeypatch, shape, out_dtype, with_zp, n_products, route):
+    for name, probe in ROUTES[route].items():
+        monkeypatch.setattr(epilogue, name, probe)
     M, K, N = shape
     X, W_i8, s_w, layout = _pairs_case(M, K, N, seed=sum(shape))
-    assert layout.always_exact and layout.fix._nnz() > 0
+    assert codes_gemm.fused_pairs(layout) and layout.fix._nnz() > 0
     activation = "zeropoint" if with_zp else "absmax"
     A = codes_gemm.codes_buffer(cpu_gemm.FBGEMM_PAIRS, M, K, pairs=True)
     s_x, zp, idx = quantize_into(X, 6.0, None, activation, A[:M])
@@ -175,13 +184,17 @@ def test_finish_with_the_fix_equals_the_sequence(ops, shape, out_dtype, with_zp,
     assert torch.equal(got, ref)
 
 
-@pytest.mark.parametrize("inner", [4, 200], ids=lambda j: f"outlier_dims{j}")
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("inner", [4, 128, 200], ids=lambda j: f"outlier_dims{j}")
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("bias", [True, False])
-def test_finish_without_fix_native_fallback_and_sequence_agree(ops, monkeypatch, inner, out_dtype, bias):
-    """A product wider than the BLAS' one block (200 outlier dims, as SmolLM2's last down_proj
-    layers have at α = 6) goes through ``addmm_`` between two passes; both ways equal the sequence."""
-    M, N = 37, 75
+@pytest.mark.parametrize("M", [1, 37])
+def test_finish_without_fix_native_fallback_and_sequence_agree(ops, monkeypatch, route, inner, out_dtype, bias, M):
+    """Every route of the float products equals the sequence; a product wider than the BLAS' one block
+    (200 outlier dims, as SmolLM2's last down_proj layers have at α = 6) always takes ``addmm_``."""
+    for name, probe in ROUTES[route].items():
+        monkeypatch.setattr(epilogue, name, probe)
+    N = 75
     gen = torch.Generator().manual_seed(inner)
     C = torch.randint(-(2**20), 2**20, (M, N), generator=gen).float()
     s_w, s_x = torch.rand(N, generator=gen) * 1e-2, torch.rand(M, generator=gen) * 1e-2
@@ -190,8 +203,6 @@ def test_finish_without_fix_native_fallback_and_sequence_agree(ops, monkeypatch,
     products = ((torch.randn(M, inner, generator=gen) * 10, torch.randn(N, inner, generator=gen) * 0.1),)
     b = torch.randn(N, generator=gen) if bias else None
     ref = _sequence(C.clone(), s_w, s_x, zp, r, products, b, out_dtype)
-    assert torch.equal(epilogue.finish(C.clone(), s_w, s_x, zp, r, products=products, bias=b, out_dtype=out_dtype), ref)
-    monkeypatch.setattr(epilogue, "product_columns_limit", lambda: 0)  # force the two-pass route
     assert torch.equal(epilogue.finish(C.clone(), s_w, s_x, zp, r, products=products, bias=b, out_dtype=out_dtype), ref)
     monkeypatch.setattr(native, "ops", lambda: None)
     assert torch.equal(epilogue.finish(C.clone(), s_w, s_x, zp, r, products=products, bias=b, out_dtype=out_dtype), ref)
@@ -207,7 +218,7 @@ def test_zero_point_correction_is_rounded_once_for_any_row_sums(ops, no_native):
     ones_n, ones_m = torch.ones(N), torch.ones(M)
     exact = (C.double() - zp.double()[:, None] * r.double()[None, :]).float()
     assert torch.equal(epilogue.denormalize(C.clone(), ones_m, ones_n, zp, r), exact)
-    got = ops.epilogue(C, ones_n, ones_m, zp, r, *(None,) * 7, torch.float32)
+    got = ops.epilogue(C, ones_n, ones_m, zp, r, *(None,) * 4, [], None, torch.float32)
     assert torch.equal(got, exact)
 
 

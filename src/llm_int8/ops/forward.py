@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from ..primitives import ACTIVATION_QUANTIZERS
-from . import forward_cuda
+from . import forward_cuda, mm
 from .choice import cpu as cpu_choice
 from .kernels import codes_gemm, cpu_gemm, epilogue, weight_only
 from .kernels.quantize import quantize_activations, quantize_activations_zeropoint, quantize_into
@@ -129,15 +129,20 @@ def _forward_cpu(
     """
     M, K = X.shape
     kernel = cpu_choice.gemm_kernel(W_i8.shape[0], K, M)
-    packed_kernel = isinstance(packed, PackedWeight) and kernel in cpu_gemm.KERNELS
-    layout = packed.for_kernel(kernel, W_i8) if packed_kernel else None
-    pairs = codes_gemm.fused_pairs(kernel, layout)
-    A = codes_gemm.codes_buffer(kernel, M, K, pairs)  # (M, K), or (M + 2, K) with fbgemm's sentinel rows
+    # the layout the op's GEMM would use (mm.py may answer with another kernel's layout than asked)
+    layout = mm._cpu_weight(W_i8, packed, kernel) if kernel in cpu_gemm.KERNELS else None
+    pairs = codes_gemm.fused_pairs(layout)
+    A = codes_gemm.codes_buffer(layout.kernel if layout else kernel, M, K, pairs)  # (M, K) or (M + 2, K)
     static_idx = None if float_columns is None else float_columns[0]
     s_x, zp_x, outlier_idx = quantize_into(X, threshold, static_idx, activation, A[:M])
     if zp_x is not None and row_sums is None:
         row_sums = epilogue.compute_weight_row_sums(W_i8)  # (N,)
-    C = codes_gemm.pairs_main_product(A, layout) if pairs else int8_mm_float(A, W_i8, packed=packed)
+    if pairs:
+        C = codes_gemm.pairs_main_product(A, layout)  # (M + 2, N); the sparse fix is added by finish
+    elif layout is not None:
+        C = cpu_gemm.int8_mm_float(A, W_i8, layout)
+    else:
+        C = int8_mm_float(A, W_i8, packed=packed)  # torch._int_mm or the reference
     products = []
     if outlier_idx.numel():
         products.append(epilogue.outlier_operands(X, outlier_idx, W_i8, s_w, packed))

@@ -28,9 +28,15 @@ __all__ = ["SENTINEL_ROWS", "codes_buffer", "fused_pairs", "pairs_main_product"]
 SENTINEL_ROWS = 2
 
 
-def fused_pairs(kernel: str, layout: object) -> bool:
-    """Whether ``kernel`` runs as ``pairs_main_product`` plus the fix in the epilogue (exact in float32)."""
-    return kernel == cpu_gemm.FBGEMM_PAIRS and isinstance(layout, cpu_gemm.CpuInt8Weight) and layout.always_exact
+def fused_pairs(layout: object) -> bool:
+    """Whether this layout runs as ``pairs_main_product`` plus the fix in the epilogue: an ``FBGEMM_PAIRS``
+    layout of one block of columns whose products are exact in float32."""
+    return (
+        isinstance(layout, cpu_gemm.CpuInt8Weight)
+        and layout.kernel == cpu_gemm.FBGEMM_PAIRS
+        and layout.always_exact
+        and layout.packed is not None  # a weight packed in column blocks has one layout per block
+    )
 
 
 def codes_buffer(kernel: str, M: int, K: int, pairs: bool) -> torch.Tensor:

@@ -17,11 +17,12 @@ for bit equal to the sequence of the functions below, which it runs where the ex
 built. Each step's rounding is kept: ``C`` is an exact integer; ``C - zp_x r_w`` is rounded once (the
 exact value: ``denormalize`` makes sure of it); ``s_w`` then ``s_x``; then each float product
 ``A B^T`` as ``addmm_`` adds it (the BLAS forms ``A B^T`` and adds it to ``C``, so the kernel
-receives ``A B^T`` from the same BLAS call and adds it); then the bias; then one cast. That last
-point holds up to an inner dimension that the BLAS sums in one block (MKL on the AVX2 machine adds
-``C`` into a running sum from 200 outlier dims on, which the late ``down_proj`` layers of SmolLM2
-reach at α = 6): ``product_columns_limit`` measures it once per process, and wider products are
-added by ``addmm_`` itself between two passes of the kernel.
+receives ``A B^T`` from the same BLAS call and adds it; forming it inside the kernel in MKL's order
+was tried and dropped, since MKL's remainder rows sum in another order); then the bias; then one
+cast. ``addmm_`` adds the BLAS' product only up to an inner dimension that the BLAS sums in one
+block (MKL on the AVX2 machine adds ``C`` into a running sum from 200 outlier dims on, which the
+late ``down_proj`` layers of SmolLM2 reach at α = 6): ``product_columns_limit`` measures it once per
+process, and wider products are added by ``addmm_`` itself between two passes of the kernel.
 
 Oracle: ``llm_int8.primitives.int8_linear_reference``.
 """
@@ -149,17 +150,16 @@ def _finish_native(ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias,
     csr = (fix.crow_indices(), fix.col_indices(), fix.values()) if fix is not None else (None, None, None)
     codes = codes if fix is not None else None
     if all(A.shape[1] <= product_columns_limit() for A, _ in products):  # one pass
-        P = [torch.mm(A, B.T) for A, B in products]  # (M, N) each: the product addmm_ would add
-        P += [None] * (2 - len(P))
-        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, *P, bias, out_dtype)
+        sums = [torch.mm(A, B.T) for A, B in products]  # (M, N) each: the product addmm_ would add
+        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, sums, bias, out_dtype)
     # a product the BLAS sums into C block by block: addmm_ adds it, between two passes
-    out = ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, None, None, None, torch.float32)
+    out = ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, [], None, torch.float32)
     for A, B in products:
         out.addmm_(A, B.T)
     if bias is None and out_dtype == torch.float32:
         return out
     ones = torch.ones(max(out.shape), dtype=torch.float32)  # x 1 is exact: the second pass adds the bias and casts
-    return ops.epilogue(out, ones[: out.shape[1]], ones[: out.shape[0]], *(None,) * 8, bias, out_dtype)
+    return ops.epilogue(out, ones[: out.shape[1]], ones[: out.shape[0]], *(None,) * 6, [], bias, out_dtype)
 
 
 def finish(

@@ -302,8 +302,7 @@ struct Epilogue {
   const float* r;      // (N,) weight row sums, with zp
   const float* s_w;    // (N,)
   const float* s_x;    // (M,)
-  const float* p1;     // (M, N) outlier product or null
-  const float* p2;     // (M, N) float-column product or null
+  const float* p[2];   // (M, N) the outlier product, the float-column product (the BLAS' A B^T), or null
   const float* bias;   // (N,) or null
   int64_t N;
 };
@@ -315,8 +314,8 @@ inline float finish_scalar(const Epilogue& e, int64_t m, int64_t n, float fix) {
   if (e.zp) t = std::fma(-e.zp[m], e.r[n], t);
   t = t * e.s_w[n];
   t = t * e.s_x[m];
-  if (e.p1) t = t + e.p1[m * e.N + n];
-  if (e.p2) t = t + e.p2[m * e.N + n];
+  for (const float* p : e.p)
+    if (p) t = t + p[m * e.N + n];
   if (e.bias) t = t + e.bias[n];
   return t;
 }
@@ -327,8 +326,8 @@ inline __m256 finish8(const Epilogue& e, int64_t m, int64_t n, __m256 fix) {
   if (e.zp) t = _mm256_fmadd_ps(_mm256_set1_ps(-e.zp[m]), _mm256_loadu_ps(e.r + n), t);
   t = _mm256_mul_ps(t, _mm256_loadu_ps(e.s_w + n));
   t = _mm256_mul_ps(t, _mm256_set1_ps(e.s_x[m]));
-  if (e.p1) t = _mm256_add_ps(t, _mm256_loadu_ps(e.p1 + m * e.N + n));
-  if (e.p2) t = _mm256_add_ps(t, _mm256_loadu_ps(e.p2 + m * e.N + n));
+  for (const float* p : e.p)
+    if (p) t = _mm256_add_ps(t, _mm256_loadu_ps(p + m * e.N + n));
   if (e.bias) t = _mm256_add_ps(t, _mm256_loadu_ps(e.bias + n));
   return t;
 }
@@ -517,14 +516,17 @@ at::Tensor epilogue(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor
                     const c10::optional<at::Tensor>& zp, const c10::optional<at::Tensor>& row_sums,
                     const c10::optional<at::Tensor>& codes, const c10::optional<at::Tensor>& fix_crow,
                     const c10::optional<at::Tensor>& fix_col, const c10::optional<at::Tensor>& fix_val,
-                    const c10::optional<at::Tensor>& p1, const c10::optional<at::Tensor>& p2,
-                    const c10::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+                    at::TensorList products, const c10::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
   const int64_t M = s_x.numel(), N = s_w.numel();
   TORCH_CHECK(C.dim() == 2 && C.scalar_type() == at::kFloat && C.is_contiguous() && C.size(0) >= M && C.size(1) == N,
               "epilogue: C must be a contiguous float32 (>= M, N) tensor");
+  // the float products A B^T as the BLAS formed them: addmm_ adds exactly that to C (checked by
+  // epilogue.product_columns_limit), so adding them here in order keeps every rounding
+  TORCH_CHECK(products.size() <= 2, "epilogue: at most two products (outliers, float columns)");
+  const float* p0 = products.size() > 0 ? optional_ptr(products[0], M * N, "products[0]") : nullptr;
+  const float* p1 = products.size() > 1 ? optional_ptr(products[1], M * N, "products[1]") : nullptr;
   Epilogue e{C.data_ptr<float>(), optional_ptr(zp, M, "zp"), optional_ptr(row_sums, N, "row_sums"),
-             optional_ptr(s_w, N, "s_w"), optional_ptr(s_x, M, "s_x"), optional_ptr(p1, M * N, "p1"),
-             optional_ptr(p2, M * N, "p2"), optional_ptr(bias, N, "bias"), N};
+             optional_ptr(s_w, N, "s_w"), optional_ptr(s_x, M, "s_x"), {p0, p1}, optional_ptr(bias, N, "bias"), N};
   TORCH_CHECK((e.zp == nullptr) == (e.r == nullptr), "epilogue: zp and row_sums come together");
   const bool with_fix = fix_crow.has_value();
   SparseFix f{nullptr, nullptr, nullptr, nullptr, 0};
@@ -565,7 +567,7 @@ bool has_avx2_paths() {
 TORCH_LIBRARY(llm_int8_cpu, m) {
   m.def("quantize_rows(Tensor X, float threshold, Tensor? static_idx, bool zeropoint, Tensor(a!) codes) -> (Tensor, Tensor, Tensor)");
   m.def("epilogue(Tensor C, Tensor s_w, Tensor s_x, Tensor? zp, Tensor? row_sums, Tensor? codes, Tensor? fix_crow, "
-        "Tensor? fix_col, Tensor? fix_val, Tensor? p1, Tensor? p2, Tensor? bias, ScalarType out_dtype) -> Tensor");
+        "Tensor? fix_col, Tensor? fix_val, Tensor[] products, Tensor? bias, ScalarType out_dtype) -> Tensor");
   m.def("has_avx2_paths() -> bool", &has_avx2_paths);
   m.impl("quantize_rows", c10::DispatchKey::CPU, TORCH_FN(quantize_rows));
   m.impl("epilogue", c10::DispatchKey::CPU, TORCH_FN(epilogue));
