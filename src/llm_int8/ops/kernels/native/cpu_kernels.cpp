@@ -373,7 +373,11 @@ struct SparseFix {  // W_fix (N, K) in CSR, float32 values (exact integers), and
 
 // The codes of rows [m0, m0 + rows) transposed to At (K, R): row k holds A[m0.., k], zero-padded to R.
 void transpose_codes(const SparseFix& f, int64_t m0, int rows, int R, std::vector<float>& At) {
-  At.assign(static_cast<size_t>(f.K) * R, 0.0f);
+  if (rows < R) {
+    At.assign(static_cast<size_t>(f.K) * R, 0.0f);  // the lanes past the last row must hold 0
+  } else {
+    At.resize(static_cast<size_t>(f.K) * R);  // every element written below
+  }
   int i = 0;
 #ifdef LLM_INT8_AVX2
   for (; i + 8 <= rows; i += 8) {  // 8 x 8 tiles: 8 rows' codes k..k+7 in, 8 k's rows out
@@ -404,14 +408,20 @@ inline float fix_scalar(const SparseFix& f, const float* At, int R, int i, int64
 }
 
 #ifdef LLM_INT8_AVX2
-constexpr int64_t kFixColumns = 256;  // output columns per chunk: the chunk's sums (rows x 256 floats) stay in L2
+// Output columns per chunk: as wide as the chunk's sums (rows x columns floats) allow within about
+// 192 KiB, so that each row of C and of the output is read and written in long runs (runs of 1 KiB
+// over 64 rows at once defeated the prefetcher: the finishing pass took 3x as long as without fix).
+int64_t fix_columns(int rows, int64_t N) {
+  const int64_t budget = (192 * 1024 / 4) / rows;
+  return std::max<int64_t>(8, std::min(N, budget / 8 * 8));
+}
 
 // The sums of W_fix over rows [m0, m0 + 8V) for columns [n0, n0 + cols), written row-major to F
-// (F[i * kFixColumns + n - n0]). Each nonzero of W_fix is V multiply-adds with the transposed
+// (F[i * stride + n - n0]). Each nonzero of W_fix is V multiply-adds with the transposed
 // codes (V independent chains hide the instruction's latency; a column's nonzeros are read once
 // per 8V rows); 8 columns at a time are transposed back to rows in 8 x 8 tiles.
 template <int V>
-void fix_sums(const SparseFix& f, const float* At, int64_t n0, int64_t cols, int rows, float* F) {
+void fix_sums(const SparseFix& f, const float* At, int64_t n0, int64_t cols, int rows, int64_t stride, float* F) {
   constexpr int R = 8 * V;
   alignas(32) float sums[8][R];  // sums[j][i]: fix[m0 + i][n + j]
   for (int64_t n = n0; n < n0 + cols; n += 8) {
@@ -429,14 +439,14 @@ void fix_sums(const SparseFix& f, const float* At, int64_t n0, int64_t cols, int
     float* dst = F + (n - n0);
     if (width < 8) {
       for (int i = 0; i < rows; ++i)
-        for (int j = 0; j < width; ++j) dst[i * kFixColumns + j] = sums[j][i];
+        for (int j = 0; j < width; ++j) dst[i * stride + j] = sums[j][i];
       continue;
     }
     for (int g = 0; g * 8 < rows; ++g) {
       __m256 tile[8];
       for (int j = 0; j < 8; ++j) tile[j] = _mm256_load_ps(&sums[j][8 * g]);
       transpose8(tile);  // tile[i] lane j: fix[m0 + 8g + i][n + j]
-      for (int i = 0; i < 8 && 8 * g + i < rows; ++i) _mm256_storeu_ps(dst + (8 * g + i) * kFixColumns, tile[i]);
+      for (int i = 0; i < 8 && 8 * g + i < rows; ++i) _mm256_storeu_ps(dst + (8 * g + i) * stride, tile[i]);
     }
   }
 }
@@ -447,13 +457,14 @@ template <int V, typename O>
 void finish_block_with_fix(const Epilogue& e, const SparseFix& f, int64_t m0, int rows, O* out, std::vector<float>& At,
                            std::vector<float>& F) {
   transpose_codes(f, m0, rows, 8 * V, At);
-  F.resize(static_cast<size_t>(8 * V) * kFixColumns);
-  for (int64_t n0 = 0; n0 < e.N; n0 += kFixColumns) {
-    const int64_t cols = std::min(kFixColumns, e.N - n0);
-    fix_sums<V>(f, At.data(), n0, cols, rows, F.data());
+  const int64_t chunk = fix_columns(8 * V, e.N);
+  F.resize(static_cast<size_t>(8 * V) * chunk);
+  for (int64_t n0 = 0; n0 < e.N; n0 += chunk) {
+    const int64_t cols = std::min(chunk, e.N - n0);
+    fix_sums<V>(f, At.data(), n0, cols, rows, chunk, F.data());
     for (int i = 0; i < rows; ++i) {
       const int64_t m = m0 + i;
-      const float* fix = F.data() + i * kFixColumns - n0;
+      const float* fix = F.data() + i * chunk - n0;
       int64_t n = n0;
       for (; n + 8 <= n0 + cols; n += 8) store8(finish8(e, m, n, _mm256_loadu_ps(fix + n)), out + m * e.N + n);
       for (; n < n0 + cols; ++n) store_scalar(finish_scalar(e, m, n, fix[n]), out + m * e.N + n);
