@@ -218,7 +218,7 @@ def test_zero_point_correction_is_rounded_once_for_any_row_sums(ops, no_native):
     ones_n, ones_m = torch.ones(N), torch.ones(M)
     exact = (C.double() - zp.double()[:, None] * r.double()[None, :]).float()
     assert torch.equal(epilogue.denormalize(C.clone(), ones_m, ones_n, zp, r), exact)
-    got = ops.epilogue(C, ones_n, ones_m, zp, r, *(None,) * 4, [], None, torch.float32)
+    got = ops.epilogue(C, ones_n, ones_m, zp, r, *(None,) * 4, [], False, None, torch.float32)
     assert torch.equal(got, exact)
 
 
@@ -254,3 +254,98 @@ def test_layer_with_and_without_the_extension_agree(ops, monkeypatch, kernel, ac
         fallback = layer(X)
     assert got.dtype == dtype and torch.equal(got, ref)
     assert torch.equal(fallback, ref)
+
+
+# --- bf16 models and the weight-only path --------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_scale_bias_cast_equals_the_three_steps(ops, in_dtype, out_dtype, bias):
+    gen = torch.Generator().manual_seed(3)
+    C = (torch.randn(5, 37, generator=gen) * 100).to(in_dtype)
+    s_w = torch.rand(37, generator=gen) * 1e-2
+    b = torch.randn(37, generator=gen) if bias else None
+    ref = C.float().clone().mul_(s_w)  # clone: .float() of a float32 C is C itself
+    if b is not None:
+        ref.add_(b)
+    assert torch.equal(ops.scale_bias_cast(C, s_w, b, out_dtype), ref.to(out_dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_weight_only_path_with_and_without_the_extension_agree(ops, monkeypatch, dtype):
+    from llm_int8.ops.kernels import weight_only
+
+    if not weight_only.available(torch.device("cpu"), 64):
+        pytest.skip("no _weight_int8pack_mm here")
+    linear = torch.nn.Linear(64, 48)
+    layer = Int8Linear.from_linear(linear, weight_only_max_tokens=16)
+    X = torch.randn(3, 64).to(dtype)
+    with torch.no_grad():
+        got = layer(X)
+        monkeypatch.setattr(native, "ops", lambda: None)
+        ref = layer(X)
+    assert got.dtype == dtype and torch.equal(got, ref)
+
+
+def test_bf16_route_forms_the_products_in_the_pass_within_the_float64_bound(ops, monkeypatch):
+    """The bf16 route's own summation (``inline_products``) against the float64 product: within the
+    bound of a float32 dot product of j terms, as the BLAS' is; no BLAS product is formed."""
+    M, N, j = 33, 70, 9
+    gen = torch.Generator().manual_seed(4)
+    C = torch.randint(-(2**20), 2**20, (M, N), generator=gen).float()
+    s_w, s_x = torch.rand(N, generator=gen) * 1e-2, torch.rand(M, generator=gen) * 1e-2
+    A, B = torch.randn(M, j, generator=gen) * 10, torch.randn(N, j, generator=gen)
+    blas = epilogue.finish(C.clone(), s_w, s_x, products=((A, B),))
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "mm", None)  # the route must not call the BLAS
+        got = epilogue.finish(C.clone(), s_w, s_x, products=((A, B),), inline_products=True)
+    scaled = C.clone().mul_(s_w).mul_(s_x[:, None]).double()  # the same bits on both routes
+    exact = scaled + A.double() @ B.double().T
+    bound = (j + 2) * 2.0**-24 * (scaled.abs() + A.double().abs() @ B.double().abs().T)
+    assert ((got.double() - exact).abs() <= bound).all()
+    assert ((blas.double() - exact).abs() <= bound).all()
+
+
+def test_bf16_route_is_taken_only_with_bf16_hardware(ops, monkeypatch):
+    from llm_int8.ops.kernels import bf16
+
+    seen = []
+    real = epilogue.finish
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("inline_products"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(epilogue, "finish", spy)
+    layer = _layer(48, 40, "zeropoint", None, bias=True)
+    X = torch.randn(9, 48)
+    X[:, 3] = 25.0
+    with torch.no_grad():
+        default = layer(X.bfloat16())
+        monkeypatch.setattr(bf16, "has_native_bf16", lambda: True)
+        routed = layer(X.bfloat16())
+        fp32 = layer(X)  # fp32 activations never take it
+    assert seen == [False, True, False]
+    # same layer, other rounding of the outlier sum: at most one bf16 step apart
+    assert ((routed.float() - default.float()).abs() <= default.float().abs() * 2.0**-7 + 1e-30).all()
+    assert fp32.dtype == torch.float32
+
+
+def test_a_converted_bf16_model_stays_bf16_outside_the_int8_layers():
+    from _hf_tiny import tiny_model
+
+    import llm_int8
+
+    model = tiny_model("llama", dtype=torch.bfloat16)
+    llm_int8.quantize_model(model)
+    int8_state = {id(t) for m in model.modules() if isinstance(m, Int8Linear) for t in (m.weight_int8, m.weight_scale)}
+    others = [(n, t.dtype) for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in int8_state]
+    assert others and all(dtype == torch.bfloat16 for _, dtype in others), [o for o in others if o[1] != torch.bfloat16]
+    outputs = []
+    for layer in model.model.layers:
+        layer.register_forward_hook(lambda mod, args, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        logits = model(torch.randint(0, 100, (1, 12))).logits
+    assert logits.dtype == torch.bfloat16 and outputs and all(o.dtype == torch.bfloat16 for o in outputs)

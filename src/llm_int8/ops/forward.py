@@ -37,7 +37,7 @@ import torch
 from ..primitives import ACTIVATION_QUANTIZERS
 from . import forward_cuda, mm
 from .choice import cpu as cpu_choice
-from .kernels import codes_gemm, cpu_gemm, epilogue, weight_only
+from .kernels import bf16, codes_gemm, cpu_gemm, epilogue, weight_only
 from .kernels.quantize import quantize_activations, quantize_activations_zeropoint, quantize_into
 from .mm import int8_mm_float
 from .prepack import PackedWeight, PackedWeightCache
@@ -149,7 +149,10 @@ def _forward_cpu(
     if float_columns is not None:
         products.append((X.index_select(1, float_columns[0]).float(), float_columns[1].float()))
     fix = dict(fix=layout.fix, codes=A) if pairs else {}
-    return epilogue.finish(C, s_w, s_x, zp_x, row_sums, **fix, products=tuple(products), bias=bias, out_dtype=out_dtype)
+    inline = X.dtype == torch.bfloat16 and bf16.has_native_bf16()  # the bf16 route (kernels/bf16.py)
+    products = tuple(products)
+    return epilogue.finish(C, s_w, s_x, zp_x, row_sums, **fix, products=products, bias=bias, out_dtype=out_dtype,
+                           inline_products=inline)  # fmt: skip
 
 
 def _int8_layer_probe(X, W_i8, s_w, packed, row_sums) -> torch.Tensor:

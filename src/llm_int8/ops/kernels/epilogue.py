@@ -146,20 +146,23 @@ def product_columns_limit() -> int:
     return limit
 
 
-def _finish_native(ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias, out_dtype) -> torch.Tensor:
+def _finish_native(ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias, out_dtype, inline) -> torch.Tensor:
     csr = (fix.crow_indices(), fix.col_indices(), fix.values()) if fix is not None else (None, None, None)
     codes = codes if fix is not None else None
+    if inline and products:  # formed in the pass (bf16.py), from A (M, j) and B^T (j, N)
+        factors = [t.float().contiguous() for A, B in products for t in (A, B.T)]
+        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, factors, True, bias, out_dtype)
     if all(A.shape[1] <= product_columns_limit() for A, _ in products):  # one pass
         sums = [torch.mm(A, B.T) for A, B in products]  # (M, N) each: the product addmm_ would add
-        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, sums, bias, out_dtype)
+        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, sums, False, bias, out_dtype)
     # a product the BLAS sums into C block by block: addmm_ adds it, between two passes
-    out = ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, [], None, torch.float32)
+    out = ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, [], False, None, torch.float32)
     for A, B in products:
         out.addmm_(A, B.T)
     if bias is None and out_dtype == torch.float32:
         return out
     ones = torch.ones(max(out.shape), dtype=torch.float32)  # x 1 is exact: the second pass adds the bias and casts
-    return ops.epilogue(out, ones[: out.shape[1]], ones[: out.shape[0]], *(None,) * 6, [], bias, out_dtype)
+    return ops.epilogue(out, ones[: out.shape[1]], ones[: out.shape[0]], *(None,) * 6, [], False, bias, out_dtype)
 
 
 def finish(
@@ -174,6 +177,7 @@ def finish(
     products: tuple[tuple[torch.Tensor, torch.Tensor], ...] = (),
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
+    inline_products: bool = False,
 ) -> torch.Tensor:
     """Step 4, the bias and the cast in one pass: a new (M, N) tensor of ``out_dtype``, M = ``s_x.numel()``.
 
@@ -183,6 +187,8 @@ def finish(
     integers), with the float32 ``codes`` (>= M, K) it multiplies; ``products``: ``(A, B)`` pairs,
     (M, j) and (N, j) float32, added in order (the outlier product, then the float columns).
     ``C`` is consumed: where the extension is not built, the steps run in place on it.
+    ``inline_products``: the C++ pass forms the products itself (the bf16 route of ``bf16.py``: its
+    own rounding, not the BLAS'); ignored without the extension.
     """
     M = s_x.numel()
     s_w = s_w.float().contiguous()
@@ -191,7 +197,7 @@ def finish(
     if len(products) > 2:
         raise ValueError(f"finish adds at most two float products (outliers, float columns), got {len(products)}")
     if ops is not None and C.is_contiguous():
-        return _finish_native(ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias, out_dtype)
+        return _finish_native(ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias, out_dtype, inline_products)
     C = C[:M]
     if fix is not None:  # both exact integers below 2**24: the sum is float32(C_i32)
         C = torch.add(C, torch.sparse.mm(fix, codes[:M].T.to(fix.dtype)).T)

@@ -296,16 +296,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& X
 
 // ---- step 4: one pass from the GEMM's output to the layer's output -------------------------------
 
+// A float product A B^T added to the output: the BLAS' (M, N) ``sum`` (the default: addmm_ adds
+// exactly that), or, on the bf16 route of epilogue.py, formed here from ``a`` (M, j) and ``bt`` =
+// B^T (j, N): products in float32 registers, summed by multiply-adds in column order (its own
+// rounding, as accurate as the BLAS', not the same bits), with no (M, N) tensor in memory.
+struct Product {
+  const float* sum = nullptr;
+  const float* a = nullptr;
+  const float* bt = nullptr;
+  int64_t j = 0;
+};
+
 struct Epilogue {
   const float* C;      // (M, N) float32(X_i8 W_safe^T) or float32(C_i32)
   const float* zp;     // (M,) or null
   const float* r;      // (N,) weight row sums, with zp
   const float* s_w;    // (N,)
   const float* s_x;    // (M,)
-  const float* p[2];   // (M, N) the outlier product, the float-column product (the BLAS' A B^T), or null
+  Product p[2];        // the outlier product, the float-column product (either may be absent)
   const float* bias;   // (N,) or null
   int64_t N;
 };
+
+inline float product_scalar(const Product& p, int64_t N, int64_t m, int64_t n) {
+  if (p.sum) return p.sum[m * N + n];
+  const float* a = p.a + m * p.j;
+  float s = a[0] * p.bt[n];
+  for (int64_t o = 1; o < p.j; ++o) s = std::fma(a[o], p.bt[o * N + n], s);
+  return s;
+}
 
 // today's sequence, element by element: C + fix (both integers, exact), - zp r (addr_: the exact
 // value rounded once), * s_w, * s_x, + outlier product, + float-column product, + bias
@@ -314,20 +333,28 @@ inline float finish_scalar(const Epilogue& e, int64_t m, int64_t n, float fix) {
   if (e.zp) t = std::fma(-e.zp[m], e.r[n], t);
   t = t * e.s_w[n];
   t = t * e.s_x[m];
-  for (const float* p : e.p)
-    if (p) t = t + p[m * e.N + n];
+  for (const Product& p : e.p)
+    if (p.sum || p.a) t = t + product_scalar(p, e.N, m, n);
   if (e.bias) t = t + e.bias[n];
   return t;
 }
 
 #ifdef LLM_INT8_AVX2
+inline __m256 product8(const Product& p, int64_t N, int64_t m, int64_t n) {
+  if (p.sum) return _mm256_loadu_ps(p.sum + m * N + n);
+  const float* a = p.a + m * p.j;
+  __m256 s = _mm256_mul_ps(_mm256_set1_ps(a[0]), _mm256_loadu_ps(p.bt + n));
+  for (int64_t o = 1; o < p.j; ++o) s = _mm256_fmadd_ps(_mm256_set1_ps(a[o]), _mm256_loadu_ps(p.bt + o * N + n), s);
+  return s;
+}
+
 inline __m256 finish8(const Epilogue& e, int64_t m, int64_t n, __m256 fix) {
   __m256 t = _mm256_add_ps(_mm256_loadu_ps(e.C + m * e.N + n), fix);
   if (e.zp) t = _mm256_fmadd_ps(_mm256_set1_ps(-e.zp[m]), _mm256_loadu_ps(e.r + n), t);
   t = _mm256_mul_ps(t, _mm256_loadu_ps(e.s_w + n));
   t = _mm256_mul_ps(t, _mm256_set1_ps(e.s_x[m]));
-  for (const float* p : e.p)
-    if (p) t = _mm256_add_ps(t, _mm256_loadu_ps(p + m * e.N + n));
+  for (const Product& p : e.p)
+    if (p.sum || p.a) t = _mm256_add_ps(t, product8(p, e.N, m, n));
   if (e.bias) t = _mm256_add_ps(t, _mm256_loadu_ps(e.bias + n));
   return t;
 }
@@ -523,21 +550,39 @@ const float* optional_ptr(const c10::optional<at::Tensor>& t, int64_t numel, con
   return t->data_ptr<float>();
 }
 
+// ``products``: per product its (M, N) sum, or with ``factors`` its A (M, j) and B^T (j, N) in turn.
+Product product_at(at::TensorList products, bool factors, size_t i, int64_t M, int64_t N) {
+  Product p;
+  if (!factors) {
+    if (i < products.size()) p.sum = optional_ptr(products[i], M * N, "a product");
+    return p;
+  }
+  if (2 * i + 1 >= products.size()) return p;
+  const at::Tensor& a = products[2 * i];
+  const at::Tensor& bt = products[2 * i + 1];
+  TORCH_CHECK(a.dim() == 2 && bt.dim() == 2 && a.size(0) == M && bt.size(1) == N && a.size(1) == bt.size(0) &&
+                  a.size(1) > 0,
+              "epilogue: a product's factors must be A (M, j) and B^T (j, N), j >= 1");
+  p.j = a.size(1);
+  p.a = optional_ptr(a, M * p.j, "A");
+  p.bt = optional_ptr(bt, p.j * N, "B^T");
+  return p;
+}
+
 at::Tensor epilogue(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor& s_x,
                     const c10::optional<at::Tensor>& zp, const c10::optional<at::Tensor>& row_sums,
                     const c10::optional<at::Tensor>& codes, const c10::optional<at::Tensor>& fix_crow,
                     const c10::optional<at::Tensor>& fix_col, const c10::optional<at::Tensor>& fix_val,
-                    at::TensorList products, const c10::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+                    at::TensorList products, bool factors, const c10::optional<at::Tensor>& bias,
+                    at::ScalarType out_dtype) {
   const int64_t M = s_x.numel(), N = s_w.numel();
   TORCH_CHECK(C.dim() == 2 && C.scalar_type() == at::kFloat && C.is_contiguous() && C.size(0) >= M && C.size(1) == N,
               "epilogue: C must be a contiguous float32 (>= M, N) tensor");
-  // the float products A B^T as the BLAS formed them: addmm_ adds exactly that to C (checked by
-  // epilogue.product_columns_limit), so adding them here in order keeps every rounding
-  TORCH_CHECK(products.size() <= 2, "epilogue: at most two products (outliers, float columns)");
-  const float* p0 = products.size() > 0 ? optional_ptr(products[0], M * N, "products[0]") : nullptr;
-  const float* p1 = products.size() > 1 ? optional_ptr(products[1], M * N, "products[1]") : nullptr;
+  TORCH_CHECK(products.size() <= (factors ? 4u : 2u), "epilogue: at most two products (outliers, float columns)");
   Epilogue e{C.data_ptr<float>(), optional_ptr(zp, M, "zp"), optional_ptr(row_sums, N, "row_sums"),
-             optional_ptr(s_w, N, "s_w"), optional_ptr(s_x, M, "s_x"), {p0, p1}, optional_ptr(bias, N, "bias"), N};
+             optional_ptr(s_w, N, "s_w"), optional_ptr(s_x, M, "s_x"),
+             {product_at(products, factors, 0, M, N), product_at(products, factors, 1, M, N)},
+             optional_ptr(bias, N, "bias"), N};
   TORCH_CHECK((e.zp == nullptr) == (e.r == nullptr), "epilogue: zp and row_sums come together");
   const bool with_fix = fix_crow.has_value();
   SparseFix f{nullptr, nullptr, nullptr, nullptr, 0};
@@ -565,6 +610,46 @@ at::Tensor epilogue(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor
   return out;
 }
 
+// The weight-only kernel's epilogue: out = cast(float(C) * s_w + bias), C (M, N) in any float dtype,
+// as C.float().mul_(s_w).add_(bias).to(out_dtype) computes it, without the float32 copies.
+template <typename I, typename O>
+void scale_bias_cast_rows(const I* C, const float* s_w, const float* bias, int64_t m0, int64_t m1, int64_t N, O* out) {
+  for (int64_t m = m0; m < m1; ++m) {
+    int64_t n = 0;
+#ifdef LLM_INT8_AVX2
+    for (; n + 8 <= N; n += 8) {
+      __m256 t = _mm256_mul_ps(load8(C + m * N + n), _mm256_loadu_ps(s_w + n));
+      if (bias) t = _mm256_add_ps(t, _mm256_loadu_ps(bias + n));
+      store8(t, out + m * N + n);
+    }
+#endif
+    for (; n < N; ++n) {
+      float t = to_f32(C[m * N + n]) * s_w[n];
+      if (bias) t = t + bias[n];
+      store_scalar(t, out + m * N + n);
+    }
+  }
+}
+
+at::Tensor scale_bias_cast(const at::Tensor& C, const at::Tensor& s_w, const c10::optional<at::Tensor>& bias,
+                           at::ScalarType out_dtype) {
+  TORCH_CHECK(C.dim() == 2 && C.is_contiguous(), "scale_bias_cast: C must be a contiguous 2-D tensor");
+  const int64_t M = C.size(0), N = C.size(1);
+  const float* w = optional_ptr(s_w, N, "s_w");
+  const float* b = optional_ptr(bias, N, "bias");
+  at::Tensor out = at::empty({M, N}, C.options().dtype(out_dtype));
+  dispatch_float(C.scalar_type(), "scale_bias_cast", [&](auto in_tag) {
+    using I = decltype(in_tag);
+    dispatch_float(out_dtype, "scale_bias_cast", [&](auto out_tag) {
+      using O = decltype(out_tag);
+      at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+        scale_bias_cast_rows(C.data_ptr<I>(), w, b, m0, m1, N, out.data_ptr<O>());
+      });
+    });
+  });
+  return out;
+}
+
 bool has_avx2_paths() {
 #ifdef LLM_INT8_AVX2
   return true;
@@ -578,8 +663,10 @@ bool has_avx2_paths() {
 TORCH_LIBRARY(llm_int8_cpu, m) {
   m.def("quantize_rows(Tensor X, float threshold, Tensor? static_idx, bool zeropoint, Tensor(a!) codes) -> (Tensor, Tensor, Tensor)");
   m.def("epilogue(Tensor C, Tensor s_w, Tensor s_x, Tensor? zp, Tensor? row_sums, Tensor? codes, Tensor? fix_crow, "
-        "Tensor? fix_col, Tensor? fix_val, Tensor[] products, Tensor? bias, ScalarType out_dtype) -> Tensor");
+        "Tensor? fix_col, Tensor? fix_val, Tensor[] products, bool factors, Tensor? bias, ScalarType out_dtype) -> Tensor");
+  m.def("scale_bias_cast(Tensor C, Tensor s_w, Tensor? bias, ScalarType out_dtype) -> Tensor");
   m.def("has_avx2_paths() -> bool", &has_avx2_paths);
   m.impl("quantize_rows", c10::DispatchKey::CPU, TORCH_FN(quantize_rows));
   m.impl("epilogue", c10::DispatchKey::CPU, TORCH_FN(epilogue));
+  m.impl("scale_bias_cast", c10::DispatchKey::CPU, TORCH_FN(scale_bias_cast));
 }
