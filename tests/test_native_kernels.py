@@ -152,6 +152,16 @@ def _sequence(C, s_w, s_x, zp, r, products, bias, out_dtype):
     return C.to(out_dtype)
 
 
+@pytest.mark.skipif(cpu_gemm.FBGEMM_PAIRS not in cpu_choice.admitted_kernels(), reason="fbgemm_pairs not admitted")
+@pytest.mark.parametrize("shape", [(1, 9, 5), (70, 130, 64), (513, 576, 40)], ids=str)
+def test_pairs_product_float_equals_the_kernel(ops, shape):
+    """The FBGEMM_PAIRS product with the fix in the C++ pass, as ``ops/choice`` could time it."""
+    M, K, N = shape
+    X, W_i8, s_w, layout = _pairs_case(M, K, N, seed=7)
+    codes = quantize_activations_zeropoint(X, 6.0)[0]
+    assert torch.equal(codes_gemm.pairs_product_float(codes, W_i8, layout), cpu_gemm.int8_mm_float(codes, W_i8, layout))
+
+
 ROUTES = {  # how finish adds the float products: the BLAS' sums in the one pass, or addmm_ between two passes
     "one_pass": {},
     "two_pass": {"product_columns_limit": lambda: 0},

@@ -13,6 +13,12 @@ that form and the codes are written once:
 * ``FBGEMM`` (sign split) reads float32 codes (it stacks the two halves itself).
 * ``ONEDNN`` (sign split), ``ONEDNN_S8``, ``torch._int_mm`` and the reference read int8.
 
+``pairs_product_float`` is the whole ``FBGEMM_PAIRS`` product this way (main product, then the fix
+in the C++ pass with unit scales): ``cpu_gemm.int8_mm_float``'s signature and bits, for timing the
+kernel as the op now runs it (``ops/choice`` times ``cpu_gemm.int8_mm_float``, whose fix is torch's
+sparse product, 3-6x slower on the AVX2 machine, so it ranks ``FBGEMM_PAIRS`` below the split
+kernels on shapes where the op's own route would beat them; see BENCHMARKS.md section (h)).
+
 Reference: ``cpu_gemm.int8_mm_float`` on the same codes (tests/test_native_kernels.py).
 """
 
@@ -21,9 +27,9 @@ from __future__ import annotations
 import torch
 
 from ...primitives import INT8_MAX
-from . import cpu_gemm
+from . import cpu_gemm, native
 
-__all__ = ["SENTINEL_ROWS", "codes_buffer", "fused_pairs", "pairs_main_product"]
+__all__ = ["SENTINEL_ROWS", "codes_buffer", "fused_pairs", "pairs_main_product", "pairs_product_float"]
 
 SENTINEL_ROWS = 2
 
@@ -53,3 +59,18 @@ def codes_buffer(kernel: str, M: int, K: int, pairs: bool) -> torch.Tensor:
 def pairs_main_product(A: torch.Tensor, layout: cpu_gemm.CpuInt8Weight) -> torch.Tensor:
     """``float32(A W_safe^T)`` (M + 2, N) for a ``codes_buffer(..., pairs=True)`` filled with M rows of codes."""
     return torch.ops.quantized.linear_dynamic(A, layout.packed, False)
+
+
+def pairs_product_float(A_codes: torch.Tensor, W_i8: torch.Tensor, layout: cpu_gemm.CpuInt8Weight) -> torch.Tensor:
+    """``float32(A W_i8^T)`` (M, N) for float32 codes (M, K), as ``cpu_gemm.int8_mm_float`` returns it,
+    with the fix added by the C++ pass; ``cpu_gemm.int8_mm_float`` itself where that route does not apply."""
+    ops = native.ops()
+    if ops is None or not fused_pairs(layout) or A_codes.dtype != torch.float32:
+        return cpu_gemm.int8_mm_float(A_codes, W_i8, layout)
+    M, N = A_codes.shape[0], W_i8.shape[0]
+    A = codes_buffer(cpu_gemm.FBGEMM_PAIRS, M, A_codes.shape[1], pairs=True)
+    A[:M] = A_codes
+    csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values())
+    ones = torch.ones(max(M, N))  # unit scales: x 1 is exact, so the pass returns the integer sum
+    C = pairs_main_product(A, layout)
+    return ops.epilogue(C, ones[:N], ones[:M], None, None, A, *csr, [], False, None, torch.float32)
