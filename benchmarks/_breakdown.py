@@ -100,7 +100,7 @@ def _fused_steps(layer: Int8Linear, X: torch.Tensor, ops) -> dict:
     fns = {
         "quantize": lambda: quantize_into(X, layer.threshold, None, "zeropoint", A[:M]),
         "gemm": gemm,
-        "epilogue": lambda: ops.epilogue(C, s_w, s_x, zp, row_sums, codes, *csr, sums, bias, X.dtype),
+        "epilogue": lambda: ops.epilogue(C, s_w, s_x, zp, row_sums, codes, *csr, sums, False, bias, X.dtype),
         "bias_cast": lambda: None,  # inside the epilogue pass
     }
     if idx.numel():
