@@ -162,6 +162,37 @@ def test_pairs_product_float_equals_the_kernel(ops, shape):
     assert torch.equal(codes_gemm.pairs_product_float(codes, W_i8, layout), cpu_gemm.int8_mm_float(codes, W_i8, layout))
 
 
+@pytest.mark.skipif(cpu_gemm.FBGEMM_PAIRS not in cpu_choice.admitted_kernels(), reason="fbgemm_pairs not admitted")
+@pytest.mark.parametrize("adversarial", [False, True], ids=["products_below_2**24", "a_product_at_2**24"])
+def test_a_weight_whose_products_may_leave_float32_still_gives_the_same_bits(ops, monkeypatch, adversarial):
+    """Not ``always_exact`` (127 * max row L1 >= 2**24): the fused route runs and reports a main
+    product of 2**24 or more, and the op recomputes that call exactly; the same bits either way."""
+    monkeypatch.setenv(cpu_choice.BACKEND_ENV, cpu_gemm.FBGEMM_PAIRS)
+    K, N = 1200, 24
+    gen = torch.Generator().manual_seed(5)
+    W = torch.where(torch.rand(N, K, generator=gen) < 0.5, -1.0, 1.0) * (0.9 + 0.1 * torch.rand(N, K, generator=gen))
+    linear = torch.nn.Linear(K, N)
+    with torch.no_grad():
+        linear.weight.copy_(W)
+    layer = Int8Linear.from_linear(linear, weight_only_max_tokens=0)
+    W_i8 = layer._buffers["weight_int8"]
+    layout = cpu_gemm.prepack(W_i8, cpu_gemm.FBGEMM_PAIRS)
+    assert not layout.always_exact and codes_gemm.fused_pairs(layout)
+    X = torch.randn(10, K, generator=gen)
+    if adversarial:
+        X[3] = W[0].sign()  # row 3 times weight row 0: about 1200 * 127 * 120 > 2**24
+    codes = quantize_activations_zeropoint(X, 6.0)[0]
+    assert (cpu_gemm.int8_mm_float(codes, W_i8, layout).abs() >= 2**24).any() == adversarial
+    assert torch.equal(codes_gemm.pairs_product_float(codes, W_i8, layout), cpu_gemm.int8_mm_float(codes, W_i8, layout))
+    with torch.no_grad():
+        got = layer(X)
+        monkeypatch.setattr(native, "ops", lambda: None)
+        fallback = layer(X)
+        C = forward._forward_2d(X, W_i8, layer.weight_scale, 6.0, layer._packed_weight.get(W_i8), "zeropoint",
+                                layer._row_sums.get(W_i8))  # fmt: skip
+    assert torch.equal(got, C.add_(layer.bias)) and torch.equal(fallback, got)
+
+
 ROUTES = {  # how finish adds the float products: the BLAS' sums in the one pass, or addmm_ between two passes
     "one_pass": {},
     "two_pass": {"product_columns_limit": lambda: 0},

@@ -148,11 +148,15 @@ def _forward_cpu(
         products.append(epilogue.outlier_operands(X, outlier_idx, W_i8, s_w, packed))
     if float_columns is not None:
         products.append((X.index_select(1, float_columns[0]).float(), float_columns[1].float()))
-    fix = dict(fix=layout.fix, codes=A) if pairs else {}
+    inexact = torch.zeros(1, dtype=torch.int32) if pairs and not layout.always_exact else None
+    fix = dict(fix=layout.fix, codes=A, inexact=inexact) if pairs else {}
     inline = X.dtype == torch.bfloat16 and bf16.has_native_bf16()  # the bf16 route (kernels/bf16.py)
-    products = tuple(products)
-    return epilogue.finish(C, s_w, s_x, zp_x, row_sums, **fix, products=products, bias=bias, out_dtype=out_dtype,
-                           inline_products=inline)  # fmt: skip
+    products, common = tuple(products), dict(bias=bias, out_dtype=out_dtype, inline_products=inline)
+    out = epilogue.finish(C, s_w, s_x, zp_x, row_sums, **fix, products=products, **common)
+    if inexact is not None and inexact.item():  # a main product reached 2**24: the exact route, rows checked
+        C = cpu_gemm.int8_mm_float(A[:M], W_i8, layout)
+        out = epilogue.finish(C, s_w, s_x, zp_x, row_sums, products=products, **common)
+    return out
 
 
 def _int8_layer_probe(X, W_i8, s_w, packed, row_sums) -> torch.Tensor:

@@ -34,15 +34,20 @@ __all__ = ["SENTINEL_ROWS", "codes_buffer", "fused_pairs", "pairs_main_product",
 SENTINEL_ROWS = 2
 
 
+_FIX_MAX = 126  # |W_fix| <= 127 + 127 - 128: the larger entry of a pair shrunk to meet the bound
+
+
 def fused_pairs(layout: object) -> bool:
     """Whether this layout runs as ``pairs_main_product`` plus the fix in the epilogue: an ``FBGEMM_PAIRS``
-    layout of one block of columns whose products are exact in float32."""
-    return (
-        isinstance(layout, cpu_gemm.CpuInt8Weight)
-        and layout.kernel == cpu_gemm.FBGEMM_PAIRS
-        and layout.always_exact
-        and layout.packed is not None  # a weight packed in column blocks has one layout per block
-    )
+    layout of one block of columns whose fix sums are exact in float32 (at most ``2**24 / (126 * 127)``
+    nonzeros per row of ``W_fix``). Where the weight is not ``always_exact`` the epilogue also reports
+    any main product of 2**24 or more (``finish(..., inexact=)``), and the caller recomputes the call."""
+    if not (isinstance(layout, cpu_gemm.CpuInt8Weight) and layout.kernel == cpu_gemm.FBGEMM_PAIRS):
+        return False
+    if layout.packed is None:  # a weight packed in column blocks has one layout per block
+        return False
+    crow = layout.fix.crow_indices()
+    return layout.always_exact or int((crow[1:] - crow[:-1]).max()) * _FIX_MAX * INT8_MAX < 2**24
 
 
 def codes_buffer(kernel: str, M: int, K: int, pairs: bool) -> torch.Tensor:
@@ -70,7 +75,9 @@ def pairs_product_float(A_codes: torch.Tensor, W_i8: torch.Tensor, layout: cpu_g
     M, N = A_codes.shape[0], W_i8.shape[0]
     A = codes_buffer(cpu_gemm.FBGEMM_PAIRS, M, A_codes.shape[1], pairs=True)
     A[:M] = A_codes
-    csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values())
+    csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values().float())
     ones = torch.ones(max(M, N))  # unit scales: x 1 is exact, so the pass returns the integer sum
+    inexact = torch.zeros(1, dtype=torch.int32)
     C = pairs_main_product(A, layout)
-    return ops.epilogue(C, ones[:N], ones[:M], None, None, A, *csr, [], False, None, torch.float32)
+    C = ops.epilogue(C, ones[:N], ones[:M], None, None, A, *csr, [], False, None, torch.float32, inexact)
+    return cpu_gemm.int8_mm_float(A_codes, W_i8, layout) if inexact.item() else C

@@ -146,17 +146,18 @@ def product_columns_limit() -> int:
     return limit
 
 
-def _finish_native(ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias, out_dtype, inline) -> torch.Tensor:
-    csr = (fix.crow_indices(), fix.col_indices(), fix.values()) if fix is not None else (None, None, None)
-    codes = codes if fix is not None else None
+def _finish_native(ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias, out_dtype, inline, inexact):
+    csr, codes = (None, None, None), codes if fix is not None else None
+    if fix is not None:  # float64 values where the weight is not always_exact: integers <= 126, exact in float32
+        csr = (fix.crow_indices(), fix.col_indices(), fix.values().float())
     if inline and products:  # formed in the pass (bf16.py), from A (M, j) and B^T (j, N)
         factors = [t.float().contiguous() for A, B in products for t in (A, B.T)]
-        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, factors, True, bias, out_dtype)
+        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, factors, True, bias, out_dtype, inexact)
     if all(A.shape[1] <= product_columns_limit() for A, _ in products):  # one pass
         sums = [torch.mm(A, B.T) for A, B in products]  # (M, N) each: the product addmm_ would add
-        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, sums, False, bias, out_dtype)
+        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, sums, False, bias, out_dtype, inexact)
     # a product the BLAS sums into C block by block: addmm_ adds it, between two passes
-    out = ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, [], False, None, torch.float32)
+    out = ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, [], False, None, torch.float32, inexact)
     for A, B in products:
         out.addmm_(A, B.T)
     if bias is None and out_dtype == torch.float32:
@@ -178,6 +179,7 @@ def finish(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
     inline_products: bool = False,
+    inexact: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Step 4, the bias and the cast in one pass: a new (M, N) tensor of ``out_dtype``, M = ``s_x.numel()``.
 
@@ -188,7 +190,9 @@ def finish(
     (M, j) and (N, j) float32, added in order (the outlier product, then the float columns).
     ``C`` is consumed: where the extension is not built, the steps run in place on it.
     ``inline_products``: the C++ pass forms the products itself (the bf16 route of ``bf16.py``: its
-    own rounding, not the BLAS'); ignored without the extension.
+    own rounding, not the BLAS'); ignored without the extension. ``inexact``: with ``fix``, a one-element
+    int32 tensor set to 1 if a value of ``C`` reaches 2**24 (``C`` may then be rounded, and the output
+    is not the exact product's: the caller recomputes; only weights that are not ``always_exact`` can).
     """
     M = s_x.numel()
     s_w = s_w.float().contiguous()
@@ -197,10 +201,15 @@ def finish(
     if len(products) > 2:
         raise ValueError(f"finish adds at most two float products (outliers, float columns), got {len(products)}")
     if ops is not None and C.is_contiguous():
-        return _finish_native(ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias, out_dtype, inline_products)
+        return _finish_native(
+            ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias, out_dtype, inline_products, inexact
+        )
     C = C[:M]
-    if fix is not None:  # both exact integers below 2**24: the sum is float32(C_i32)
-        C = torch.add(C, torch.sparse.mm(fix, codes[:M].T.to(fix.dtype)).T)
+    if fix is not None:  # exact integers: the sum is float32(C_i32) where C is (below 2**24)
+        if inexact is not None and bool((C.abs() >= _F32_EXACT_INT).any()):
+            inexact.fill_(1)
+        C_fix = torch.sparse.mm(fix, codes[:M].T.to(fix.dtype)).T
+        C = torch.add(C, C_fix) if C_fix.dtype == torch.float32 else (C.double() + C_fix).float()
     denormalize(C, s_x, s_w, zp_x, row_sums)
     for A, B in products:
         C.addmm_(A, B.T)

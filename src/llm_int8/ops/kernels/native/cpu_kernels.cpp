@@ -21,6 +21,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -396,7 +397,25 @@ struct SparseFix {  // W_fix (N, K) in CSR, float32 values (exact integers), and
   const float* val;
   const float* A;
   int64_t K;
+  // set when a value of C reaches 2**24: C may then be rounded, and C + fix not the exact product
+  // (only checked for weights whose products can get there; the caller recomputes the call exactly)
+  std::atomic<int>* inexact;
 };
+
+constexpr float kExactLimit = 16777216.0f;  // 2**24: float32 holds every integer below it
+
+inline bool row_reaches_limit(const float* c, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+#ifdef LLM_INT8_AVX2
+  const __m256 sign = _mm256_set1_ps(-0.0f), limit = _mm256_set1_ps(kExactLimit);
+  __m256 any = _mm256_setzero_ps();
+  for (; n + 8 <= n1; n += 8) any = _mm256_or_ps(any, _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(c + n)), limit, _CMP_GE_OQ));
+  if (_mm256_movemask_ps(any)) return true;
+#endif
+  for (; n < n1; ++n)
+    if (std::fabs(c[n]) >= kExactLimit) return true;
+  return false;
+}
 
 // The codes of rows [m0, m0 + rows) transposed to At (K, R): row k holds A[m0.., k], zero-padded to R.
 void transpose_codes(const SparseFix& f, int64_t m0, int rows, int R, std::vector<float>& At) {
@@ -491,6 +510,7 @@ void finish_block_with_fix(const Epilogue& e, const SparseFix& f, int64_t m0, in
     fix_sums<V>(f, At.data(), n0, cols, rows, chunk, F.data());
     for (int i = 0; i < rows; ++i) {
       const int64_t m = m0 + i;
+      if (f.inexact && row_reaches_limit(e.C + m * e.N, n0, n0 + cols)) f.inexact->store(1, std::memory_order_relaxed);
       const float* fix = F.data() + i * chunk - n0;
       int64_t n = n0;
       for (; n + 8 <= n0 + cols; n += 8) store8(finish8(e, m, n, _mm256_loadu_ps(fix + n)), out + m * e.N + n);
@@ -504,9 +524,11 @@ template <typename O>
 void finish_block_with_fix_scalar(const Epilogue& e, const SparseFix& f, int64_t m0, int rows, O* out, std::vector<float>& At) {
   constexpr int R = 8;
   transpose_codes(f, m0, rows, R, At);
-  for (int i = 0; i < rows; ++i)
+  for (int i = 0; i < rows; ++i) {
+    if (f.inexact && row_reaches_limit(e.C + (m0 + i) * e.N, 0, e.N)) f.inexact->store(1, std::memory_order_relaxed);
     for (int64_t n = 0; n < e.N; ++n)
       store_scalar(finish_scalar(e, m0 + i, n, fix_scalar(f, At.data(), R, i, n)), out + (m0 + i) * e.N + n);
+  }
 }
 
 // Rows per block: up to 64, fewer where M is small (no padded work) or K is large (the transposed
@@ -574,7 +596,7 @@ at::Tensor epilogue(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor
                     const c10::optional<at::Tensor>& codes, const c10::optional<at::Tensor>& fix_crow,
                     const c10::optional<at::Tensor>& fix_col, const c10::optional<at::Tensor>& fix_val,
                     at::TensorList products, bool factors, const c10::optional<at::Tensor>& bias,
-                    at::ScalarType out_dtype) {
+                    at::ScalarType out_dtype, const c10::optional<at::Tensor>& inexact) {
   const int64_t M = s_x.numel(), N = s_w.numel();
   TORCH_CHECK(C.dim() == 2 && C.scalar_type() == at::kFloat && C.is_contiguous() && C.size(0) >= M && C.size(1) == N,
               "epilogue: C must be a contiguous float32 (>= M, N) tensor");
@@ -585,7 +607,8 @@ at::Tensor epilogue(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor
              optional_ptr(bias, N, "bias"), N};
   TORCH_CHECK((e.zp == nullptr) == (e.r == nullptr), "epilogue: zp and row_sums come together");
   const bool with_fix = fix_crow.has_value();
-  SparseFix f{nullptr, nullptr, nullptr, nullptr, 0};
+  std::atomic<int> reached{0};
+  SparseFix f{nullptr, nullptr, nullptr, nullptr, 0, nullptr};
   if (with_fix) {
     TORCH_CHECK(codes.has_value() && fix_col.has_value() && fix_val.has_value(), "epilogue: the fix needs its CSR and the codes");
     TORCH_CHECK(codes->scalar_type() == at::kFloat && codes->is_contiguous() && codes->dim() == 2 && codes->size(0) >= M,
@@ -595,7 +618,7 @@ at::Tensor epilogue(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor
                     fix_col->is_contiguous() && fix_val->is_contiguous() && fix_col->numel() == fix_val->numel(),
                 "epilogue: the fix must be an (N, K) CSR matrix with int64 indices and float32 values");
     f = SparseFix{fix_crow->data_ptr<int64_t>(), fix_col->data_ptr<int64_t>(), fix_val->data_ptr<float>(),
-                  codes->data_ptr<float>(), codes->size(1)};
+                  codes->data_ptr<float>(), codes->size(1), inexact.has_value() ? &reached : nullptr};
   }
   at::Tensor out = at::empty({M, N}, C.options().dtype(out_dtype));
   dispatch_float(out_dtype, "epilogue", [&](auto tag) {
@@ -607,6 +630,10 @@ at::Tensor epilogue(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor
       at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) { finish_rows(e, m0, m1, o); });
     }
   });
+  if (inexact.has_value()) {
+    TORCH_CHECK(inexact->scalar_type() == at::kInt && inexact->numel() == 1, "epilogue: inexact must be one int32");
+    if (reached.load()) inexact->fill_(1);
+  }
   return out;
 }
 
@@ -663,7 +690,8 @@ bool has_avx2_paths() {
 TORCH_LIBRARY(llm_int8_cpu, m) {
   m.def("quantize_rows(Tensor X, float threshold, Tensor? static_idx, bool zeropoint, Tensor(a!) codes) -> (Tensor, Tensor, Tensor)");
   m.def("epilogue(Tensor C, Tensor s_w, Tensor s_x, Tensor? zp, Tensor? row_sums, Tensor? codes, Tensor? fix_crow, "
-        "Tensor? fix_col, Tensor? fix_val, Tensor[] products, bool factors, Tensor? bias, ScalarType out_dtype) -> Tensor");
+        "Tensor? fix_col, Tensor? fix_val, Tensor[] products, bool factors, Tensor? bias, ScalarType out_dtype, "
+        "Tensor(a!)? inexact=None) -> Tensor");
   m.def("scale_bias_cast(Tensor C, Tensor s_w, Tensor? bias, ScalarType out_dtype) -> Tensor");
   m.def("has_avx2_paths() -> bool", &has_avx2_paths);
   m.impl("quantize_rows", c10::DispatchKey::CPU, TORCH_FN(quantize_rows));
