@@ -95,7 +95,7 @@ def _fused_steps(layer: Int8Linear, X: torch.Tensor, ops) -> dict:
         return torch.mm(X_O, W_O.T)
 
     C, sums = gemm(), [outlier()] if idx.numel() else []
-    csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values()) if pairs else (None,) * 3
+    csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values().float()) if pairs else (None,) * 3
     codes = A if pairs else None
     fns = {
         "quantize": lambda: quantize_into(X, layer.threshold, None, "zeropoint", A[:M]),
