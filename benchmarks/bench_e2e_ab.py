@@ -121,7 +121,8 @@ def _write(args, info: dict, prefill: dict, decode: dict) -> None:
     for name, times in prefill.items():
         tok = 512 / median(times)
         dec = 1 / median(decode[name]) if name in decode else None
-        rows.append({"variant": name, "prefill_tok_per_s": f"{tok:.1f}", "prefill_runs_ms": [round(t * 1e3) for t in times],
+        runs = [round(t * 1e3) for t in times]
+        rows.append({"variant": name, "prefill_tok_per_s": f"{tok:.1f}", "prefill_runs_ms": runs,
                      "decode_tok_per_s": f"{dec:.2f}" if dec else ""})  # fmt: skip
         table.append([name, f"{tok:.0f}", f"{tok / fp32_tok:.2f}x", f"{dec:.1f}" if dec else "-",
                       f"{dec / fp32_dec:.2f}x" if dec else "-"])  # fmt: skip
