@@ -83,7 +83,7 @@ def _fused_steps(layer: Int8Linear, X: torch.Tensor, ops) -> dict:
     layout = mm._cpu_weight(W_i8, packed, kernel) if kernel in cpu_gemm.KERNELS else None
     pairs = codes_gemm.fused_pairs(layout)
     A = codes_gemm.codes_buffer(layout.kernel if layout else kernel, M, K, pairs)
-    s_x, zp, idx = quantize_into(X, layer.threshold, None, "zeropoint", A[:M])
+    s_x, zp, idx = quantize_into(X, layer.threshold, None, "zeropoint", A)
 
     def gemm():
         if pairs:
@@ -98,7 +98,7 @@ def _fused_steps(layer: Int8Linear, X: torch.Tensor, ops) -> dict:
     csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values().float()) if pairs else (None,) * 3
     codes = A if pairs else None
     fns = {
-        "quantize": lambda: quantize_into(X, layer.threshold, None, "zeropoint", A[:M]),
+        "quantize": lambda: quantize_into(X, layer.threshold, None, "zeropoint", A),
         "gemm": gemm,
         "epilogue": lambda: ops.epilogue(C, s_w, s_x, zp, row_sums, codes, *csr, sums, False, bias, X.dtype),
         "bias_cast": lambda: None,  # inside the epilogue pass

@@ -123,6 +123,18 @@ def test_quantize_into_equals_the_reference(ops, dtype, activation, case, shape,
         assert torch.equal(idx, ref_idx)
 
 
+@pytest.mark.parametrize("with_native", [True, False], ids=["native", "fallback"])
+def test_quantize_into_writes_fbgemms_sentinel_rows(ops, monkeypatch, with_native):
+    if not with_native:
+        monkeypatch.setattr(native, "ops", lambda: None)
+    X = _activations(5, 33, "normal", torch.float32)
+    A = torch.full((7, 33), 99.0)  # (M + 2, K): stale values everywhere
+    quantize_into(X, 6.0, None, "zeropoint", A)
+    assert torch.equal(A[:5], quantize_activations_zeropoint(X, 6.0)[0])
+    assert torch.equal(A[5:], codes_gemm.write_sentinels(torch.empty(7, 33))[5:])
+    assert A[5, 0] == -128 and A[6, 0] == 127 and not A[5:, 1:].any()
+
+
 def test_quantize_into_fallback_writes_the_same_codes(no_native):
     X = _activations(7, 40, "nonfinite", torch.bfloat16)
     codes = torch.empty(7, 40, dtype=torch.int8)
@@ -213,7 +225,7 @@ def test_finish_with_the_fix_equals_the_sequence(ops, monkeypatch, shape, out_dt
     assert codes_gemm.fused_pairs(layout) and layout.fix._nnz() > 0
     activation = "zeropoint" if with_zp else "absmax"
     A = codes_gemm.codes_buffer(cpu_gemm.FBGEMM_PAIRS, M, K, pairs=True)
-    s_x, zp, idx = quantize_into(X, 6.0, None, activation, A[:M])
+    s_x, zp, idx = quantize_into(X, 6.0, None, activation, A)
     r = epilogue.compute_weight_row_sums(W_i8) if with_zp else None
     C_main = codes_gemm.pairs_main_product(A, layout)
     gen = torch.Generator().manual_seed(1)

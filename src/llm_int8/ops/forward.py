@@ -134,7 +134,7 @@ def _forward_cpu(
     pairs = codes_gemm.fused_pairs(layout)
     A = codes_gemm.codes_buffer(layout.kernel if layout else kernel, M, K, pairs)  # (M, K) or (M + 2, K)
     static_idx = None if float_columns is None else float_columns[0]
-    s_x, zp_x, outlier_idx = quantize_into(X, threshold, static_idx, activation, A[:M])
+    s_x, zp_x, outlier_idx = quantize_into(X, threshold, static_idx, activation, A)  # and A's sentinel rows
     if zp_x is not None and row_sums is None:
         row_sums = epilogue.compute_weight_row_sums(W_i8)  # (N,)
     if pairs:

@@ -29,7 +29,14 @@ import torch
 from ...primitives import INT8_MAX
 from . import cpu_gemm, native
 
-__all__ = ["SENTINEL_ROWS", "codes_buffer", "fused_pairs", "pairs_main_product", "pairs_product_float"]
+__all__ = [
+    "SENTINEL_ROWS",
+    "codes_buffer",
+    "fused_pairs",
+    "pairs_main_product",
+    "pairs_product_float",
+    "write_sentinels",
+]
 
 SENTINEL_ROWS = 2
 
@@ -46,19 +53,27 @@ def fused_pairs(layout: object) -> bool:
         return False
     if layout.packed is None:  # a weight packed in column blocks has one layout per block
         return False
+    if layout.always_exact:
+        return True
     crow = layout.fix.crow_indices()
-    return layout.always_exact or int((crow[1:] - crow[:-1]).max()) * _FIX_MAX * INT8_MAX < 2**24
+    return int((crow[1:] - crow[:-1]).max()) * _FIX_MAX * INT8_MAX < 2**24
 
 
 def codes_buffer(kernel: str, M: int, K: int, pairs: bool) -> torch.Tensor:
-    """An uninitialised buffer for the codes of M rows in the form ``kernel`` reads (see the module doc)."""
+    """An uninitialised buffer for the codes of M rows in the form ``kernel`` reads (see the module doc);
+    with ``pairs``, (M + 2, K) float32 whose last rows ``write_sentinels`` fills (or ``quantize_into``)."""
     if pairs:
-        A = torch.empty(M + SENTINEL_ROWS, K)  # (M + 2, K) float32
-        A[M:].zero_()
-        A[M, 0], A[M + 1, 0] = -128, INT8_MAX
-        return A
+        return torch.empty(M + SENTINEL_ROWS, K)
     dtype = torch.float32 if kernel in (cpu_gemm.FBGEMM, cpu_gemm.FBGEMM_PAIRS) else torch.int8
     return torch.empty(M, K, dtype=dtype)
+
+
+def write_sentinels(A: torch.Tensor) -> torch.Tensor:
+    """The two rows below the codes: -128 and 127 in column 0 (fbgemm then takes scale 1, zero point 128)."""
+    M = A.shape[0] - SENTINEL_ROWS
+    A[M:].zero_()
+    A[M, 0], A[M + 1, 0] = -128, INT8_MAX
+    return A
 
 
 def pairs_main_product(A: torch.Tensor, layout: cpu_gemm.CpuInt8Weight) -> torch.Tensor:
@@ -73,7 +88,7 @@ def pairs_product_float(A_codes: torch.Tensor, W_i8: torch.Tensor, layout: cpu_g
     if ops is None or not fused_pairs(layout) or A_codes.dtype != torch.float32:
         return cpu_gemm.int8_mm_float(A_codes, W_i8, layout)
     M, N = A_codes.shape[0], W_i8.shape[0]
-    A = codes_buffer(cpu_gemm.FBGEMM_PAIRS, M, A_codes.shape[1], pairs=True)
+    A = write_sentinels(codes_buffer(cpu_gemm.FBGEMM_PAIRS, M, A_codes.shape[1], pairs=True))
     A[:M] = A_codes
     csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values().float())
     ones = torch.ones(max(M, N))  # unit scales: x 1 is exact, so the pass returns the integer sum

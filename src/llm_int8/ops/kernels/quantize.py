@@ -103,7 +103,9 @@ def quantize_activations_zeropoint(
 def quantize_into(
     X: torch.Tensor, threshold: float, static_idx: torch.Tensor | None, activation: str, codes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Steps 1-2 with the codes written into ``codes`` (M, K), float32 or int8 (the dtype the GEMM reads).
+    """Steps 1-2 with the codes written into ``codes`` (M, K), float32 or int8 (the dtype the GEMM reads);
+    or into the first M rows of a (M + 2, K) float32 ``codes``, whose last two rows then get fbgemm's
+    sentinel rows (``codes_gemm.write_sentinels``).
 
     Returns ``(s_x, zp_x, outlier_idx)`` as ``quantize_activations_zeropoint`` (``activation="zeropoint"``)
     or ``quantize_activations`` (``"absmax"``, ``zp_x`` ``None``) return them, and ``codes`` holds their
@@ -119,5 +121,8 @@ def quantize_into(
         X_codes, s_x, zp, outlier_idx = quantize_activations_zeropoint(X, threshold, static_idx)
     else:
         (X_codes, s_x, outlier_idx), zp = quantize_activations(X, threshold, static_idx), None
-    codes.copy_(X_codes)  # integers in [-127, 127]: exact in int8
+    codes[: X_codes.shape[0]].copy_(X_codes)  # integers in [-127, 127]: exact in int8
+    if codes.shape[0] == X_codes.shape[0] + 2:
+        codes[-2:].zero_()
+        codes[-2, 0], codes[-1, 0] = -128, INT8_MAX
     return s_x, zp, outlier_idx

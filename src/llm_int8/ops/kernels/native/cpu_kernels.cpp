@@ -239,14 +239,22 @@ void quantize_all_rows(const T* X, int64_t M, int64_t K, const float* mask, bool
 }
 
 // Returns (s_x (M,), zp (M,) or (0,), the sorted indices of O). ``codes``: (M, K) float32 or int8,
-// contiguous, written in place (it may be the first rows of a larger buffer).
+// contiguous, written in place; or (M + 2, K) float32, whose last two rows get fbgemm's sentinels.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& X, double threshold,
                                                              const c10::optional<at::Tensor>& static_idx,
                                                              bool zeropoint, at::Tensor codes) {
   TORCH_CHECK(X.dim() == 2 && X.is_contiguous() && X.device().is_cpu(), "quantize_rows: X must be a contiguous 2-D CPU tensor");
   const int64_t M = X.size(0), K = X.size(1);
-  TORCH_CHECK(codes.dim() == 2 && codes.size(0) == M && codes.size(1) == K && codes.is_contiguous(),
-              "quantize_rows: codes must be a contiguous (M, K) tensor");
+  TORCH_CHECK(codes.dim() == 2 && (codes.size(0) == M || codes.size(0) == M + 2) && codes.size(1) == K &&
+                  codes.is_contiguous(),
+              "quantize_rows: codes must be a contiguous (M, K) or (M + 2, K) tensor");
+  if (codes.size(0) == M + 2) {  // fbgemm's two sentinel rows (codes_gemm.py): -128 and 127 in column 0
+    TORCH_CHECK(codes.scalar_type() == at::kFloat, "quantize_rows: sentinel rows are for float32 codes");
+    float* sentinel = codes.data_ptr<float>() + M * K;
+    std::fill(sentinel, sentinel + 2 * K, 0.0f);
+    sentinel[0] = -128.0f;
+    sentinel[K] = kInt8Max;
+  }
   TORCH_CHECK(codes.scalar_type() == at::kFloat || codes.scalar_type() == at::kChar, "quantize_rows: codes must be float32 or int8");
   std::vector<float> amax(K);
   dispatch_float(X.scalar_type(), "quantize_rows", [&](auto tag) {
