@@ -685,14 +685,6 @@ at::Tensor scale_bias_cast(const at::Tensor& C, const at::Tensor& s_w, const c10
   return out;
 }
 
-bool has_avx2_paths() {
-#ifdef LLM_INT8_AVX2
-  return true;
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 
 TORCH_LIBRARY(llm_int8_cpu, m) {
@@ -701,7 +693,6 @@ TORCH_LIBRARY(llm_int8_cpu, m) {
         "Tensor? fix_col, Tensor? fix_val, Tensor[] products, bool factors, Tensor? bias, ScalarType out_dtype, "
         "Tensor(a!)? inexact=None) -> Tensor");
   m.def("scale_bias_cast(Tensor C, Tensor s_w, Tensor? bias, ScalarType out_dtype) -> Tensor");
-  m.def("has_avx2_paths() -> bool", &has_avx2_paths);
   m.impl("quantize_rows", c10::DispatchKey::CPU, TORCH_FN(quantize_rows));
   m.impl("epilogue", c10::DispatchKey::CPU, TORCH_FN(epilogue));
   m.impl("scale_bias_cast", c10::DispatchKey::CPU, TORCH_FN(scale_bias_cast));
