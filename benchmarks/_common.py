@@ -48,6 +48,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def cpu_flags() -> str:
+    """Every ISA flag of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def machine_info() -> dict[str, str]:
     """CPU model, cores, SIMD flags, load and library versions, for the results header."""
     model, flags = platform.processor() or "unknown", set()

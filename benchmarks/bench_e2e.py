@@ -26,6 +26,13 @@ it with ``bf16``), ``llm_int8_compiled`` (``llm_int8`` under ``torch.compile`` w
 ``Int8Linear`` is one ``llm_int8::int8_linear`` node; compilation happens in the untimed warm-up;
 prefill only, since every decode step has a new KV length to compile for).
 
+Issue 20 variants, the same conversion as their base with an environment set in the child process:
+``llm_int8_torch`` / ``llm_int8_bf16_torch`` (``LLM_INT8_NATIVE=0``: the C++ kernels off, the PyTorch
+sequence the op ran before issue 20, step for step) and ``llm_int8_pairs`` (``LLM_INT8_CPU_BACKEND=
+fbgemm_pairs``: the GEMM that ``ops/choice`` would rank first if it timed ``FBGEMM_PAIRS`` as the op
+now runs it, with its sparse fix in the C++ epilogue; today it times torch's sparse product).
+``native_load_s``: seconds to load the C++ kernels (built beforehand) in the child.
+
 Kernel choices are measured at first use (``ops/choice/cpu.py``) inside the untimed warm-up, and
 cached on disk for the later variants.
 """
@@ -53,7 +60,15 @@ VARIANTS = (
     "llm_int8_paper",
     "llm_int8_calibrated",
     "llm_int8_precise",
+    "llm_int8_torch",
+    "llm_int8_bf16_torch",
+    "llm_int8_pairs",
 )
+VARIANT_ENV = {  # (base variant, environment of the child process)
+    "llm_int8_torch": ("llm_int8", {"LLM_INT8_NATIVE": "0"}),
+    "llm_int8_bf16_torch": ("llm_int8_bf16", {"LLM_INT8_NATIVE": "0"}),
+    "llm_int8_pairs": ("llm_int8", {"LLM_INT8_CPU_BACKEND": "fbgemm_pairs"}),
+}
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 32
 
@@ -103,7 +118,12 @@ def run_variant(variant: str, args) -> dict:
     import llm_int8
     from llm_int8.evaluation import read_text, tokenize_text
     from llm_int8.integrations import load_model
+    from llm_int8.ops.kernels import native
 
+    start = time.perf_counter()
+    native_built = native.ops() is not None
+    native_load_s = time.perf_counter() - start
+    label, variant = variant, VARIANT_ENV.get(variant, (variant, {}))[0]
     model, tokenizer = load_model(None, dtype=torch.float32)
     if variant == "bf16":
         model.to(torch.bfloat16)
@@ -143,7 +163,7 @@ def run_variant(variant: str, args) -> dict:
             model(prefill_ids, use_cache=False)
             prefill_times.append(now() - start)
         decode_times, generated = [], []
-        for _ in range(0 if variant.endswith("_compiled") else args.repeats + 1):
+        for _ in range(0 if label.endswith("_compiled") else args.repeats + 1):
             out = model(prompt_ids, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
             generated = [token.item()]
@@ -157,7 +177,9 @@ def run_variant(variant: str, args) -> dict:
     prefill_s = median(prefill_times[1:])
     decode_s = median(decode_times[1:]) if decode_times else None
     return {
-        "variant": variant,
+        "variant": label,
+        "native": "built" if native_built else f"off ({native.reason()})",
+        "native_load_s": round(native_load_s, 3),
         "prefill_tokens": args.prefill,
         "prefill_ms": round(prefill_s * 1e3, 2),
         "prefill_tok_per_s": round(args.prefill / prefill_s, 1),
@@ -209,9 +231,9 @@ def main(argv=None) -> None:
     for variant in args.variants:
         print(f"{variant} ...", flush=True)
         child_args = [*own, "--child", variant]
-        proc = subprocess.run(
-            [sys.executable, __file__, *child_args], capture_output=True, text=True, env={**os.environ}, check=False
-        )
+        env = {**os.environ, **VARIANT_ENV.get(variant, ("", {}))[1]}
+        command = [sys.executable, __file__, *child_args]
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], flush=True)
             raise SystemExit(f"variant {variant} failed")

@@ -2,6 +2,11 @@
 
     python benchmarks/bench_layers.py --out benchmarks/results --threads 1 --clock cpu  # full grid, 16 min
     python benchmarks/bench_layers.py --shapes llama7b-qkv --tokens 1 512              # one shape
+    python benchmarks/bench_layers.py --breakdown --out benchmarks/results/issue20/before --threads 1 --clock cpu
+
+``--breakdown`` times each step of one layer instead (quantizer, GEMM, epilogue, outlier product,
+bias and cast) at SmolLM2's shapes and 4096 x 4096, M = 1, 16, 128, 512, fp32 and bf16 activations,
+beside fp32 and bf16 ``nn.Linear``; it writes ``breakdown.{md,csv,png}`` (``_breakdown.py``).
 
 The full grid took 16 minutes on 2 loaded cores; the 8192 x 28672 shape is most of it (use
 ``--shapes`` to leave it out, or lower ``--max-call-seconds``).
@@ -50,7 +55,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
+import _breakdown  # noqa: E402
+from _common import cpu_flags, machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
 
 from llm_int8 import Int8Linear  # noqa: E402
 from llm_int8.ops.choice import cpu as cpu_choice  # noqa: E402
@@ -58,12 +64,14 @@ from llm_int8.ops.kernels import cpu_gemm, probes  # noqa: E402
 from llm_int8.ops.kernels.quantize import quantize_activations  # noqa: E402
 
 SHAPES = {  # name: (in_features K, out_features N)
+    "smollm2-qo": (576, 576),
     "smollm2-up": (576, 1536),
     "smollm2-down": (1536, 576),
     "llama7b-qkv": (4096, 4096),
     "llama7b-up": (4096, 11008),
     "llama70b-up": (8192, 28672),
 }
+DEFAULT_SHAPES = ("smollm2-up", "smollm2-down", "llama7b-qkv", "llama7b-up", "llama70b-up")
 TOKENS = (1, 16, 128, 512, 2048)
 OUTLIER_DIMS = 6
 GEMMS = tuple(f"gemm_{kernel}" for kernel in cpu_choice.admitted_kernels())
@@ -325,7 +333,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(DEFAULT_SHAPES))
     parser.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS))
     parser.add_argument("--rounds", type=int, default=7, help="timed runs per candidate (fewer on big cells)")
     parser.add_argument("--cell-budget", type=float, default=4.0, help="seconds of timed runs per candidate and cell")
@@ -337,7 +345,16 @@ def main(argv=None) -> None:
         default="wall",
         help="wall time, or the calling thread's CPU time (only with --threads 1; robust on a loaded machine)",
     )
+    parser.add_argument("--breakdown", action="store_true", help="time each step of one layer (see the docstring)")
+    parser.add_argument("--dtypes", nargs="+", choices=list(_breakdown.DTYPES), default=list(_breakdown.DTYPES))
+    parser.add_argument("--outlier-dims", type=int, default=OUTLIER_DIMS, help="--breakdown: emergent outlier dims")
     args = parser.parse_args(argv)
+    if args.breakdown:
+        given = set(argv if argv is not None else sys.argv[1:])
+        if "--shapes" not in given:
+            args.shapes = list(_breakdown.SHAPES)
+        if "--tokens" not in given:
+            args.tokens = list(_breakdown.TOKENS)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu" and torch.get_num_threads() != 1:
@@ -350,7 +367,12 @@ def main(argv=None) -> None:
     info["autotune cache"] = str(cpu_choice.cache_path())
     info["loadavg_1min_start"] = f"{__import__('os').getloadavg()[0]:.2f}"
     info["clock"] = f"{args.clock} ({'thread CPU time' if args.clock == 'cpu' else 'wall time'})"
+    info["cpu_flags"] = cpu_flags()
     print("machine:", info, flush=True)
+    command = "python benchmarks/bench_layers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.breakdown:
+        _breakdown.run(args, info, args.out, command.strip())
+        return
     start = time.perf_counter()
     rows: list[dict] = []
     for name in args.shapes:
@@ -359,7 +381,6 @@ def main(argv=None) -> None:
         run_shape(name, K, N, args.tokens, args, rows)
     info["loadavg_1min_end"] = f"{__import__('os').getloadavg()[0]:.2f}"
     info["total_seconds"] = f"{time.perf_counter() - start:.0f}"
-    command = "python benchmarks/bench_layers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_csv(args.out / "layers.csv", rows)
     write_text(args.out / "layers.md", markdown(rows, info, command.strip()))
     plot(rows, args.out / "layers.png")

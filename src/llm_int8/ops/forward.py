@@ -20,10 +20,14 @@ multiplied by their *float* weight columns ``W_S`` (N, |S|) rather than dequanti
 
 Routes, in ``forward``: a few tokens on CPU take the weight-only kernel
 (``kernels/weight_only.py``; up to the crossover ``choice/cpu.py`` measured); CUDA tensors go to
-``forward_cuda.py``; everything else runs the four steps above. Gradients flow to ``X`` only (the
-int8 weight is frozen): ``dX = dY · W`` with ``W`` dequantized, as in bitsandbytes, so adapters can
-be trained on a frozen int8 model. ``linear.py`` is the public entry (it adds the ``torch.compile``
-custom op on top of this).
+``forward_cuda.py``; CPU inference runs ``_forward_cpu``: the quantizer writes the codes once, in the
+form the chosen GEMM reads (``kernels/codes_gemm.py``), and one epilogue pass (``epilogue.finish``)
+takes the GEMM's output to the layer's output, bias and cast included, both in C++ where the
+extension is built (``kernels/native/``) and bit for bit the sequence of ``_forward_2d`` either way;
+everything else (autograd, float64) runs ``_forward_2d``, the four steps above one op at a time.
+Gradients flow to ``X`` only (the int8 weight is frozen): ``dX = dY · W`` with ``W`` dequantized, as
+in bitsandbytes, so adapters can be trained on a frozen int8 model. ``linear.py`` is the public entry
+(it adds the ``torch.compile`` custom op on top of this).
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ from __future__ import annotations
 import torch
 
 from ..primitives import ACTIVATION_QUANTIZERS
-from . import forward_cuda
+from . import forward_cuda, mm
 from .choice import cpu as cpu_choice
-from .kernels import epilogue, weight_only
-from .kernels.quantize import quantize_activations, quantize_activations_zeropoint
+from .kernels import bf16, codes_gemm, cpu_gemm, epilogue, weight_only
+from .kernels.quantize import quantize_activations, quantize_activations_zeropoint, quantize_into
 from .mm import int8_mm_float
 from .prepack import PackedWeight, PackedWeightCache
+
+_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what _forward_cpu reads and writes
 
 __all__ = ["check_inputs", "dequantized_weight", "forward", "needs_grad", "weight_only_limit"]
 
@@ -103,9 +109,59 @@ def _forward_2d(
     return epilogue.add_float_columns(C, X, float_columns)
 
 
+def _forward_cpu(
+    X: torch.Tensor,
+    W_i8: torch.Tensor,
+    s_w: torch.Tensor,
+    bias: torch.Tensor | None,
+    threshold: float,
+    packed: PackedWeight | None,
+    activation: str,
+    row_sums: torch.Tensor | None,
+    float_columns: tuple[torch.Tensor, torch.Tensor] | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Steps 1-4, the bias and the cast for (M, K) CPU ``X``, no autograd: (M, N) ``out_dtype``.
+
+    The codes are written once into the buffer the chosen GEMM reads; ``FBGEMM_PAIRS``' sparse fix,
+    the scales, the float products, the bias and the cast are one epilogue pass. Equal to
+    ``_forward_2d`` plus the bias and the cast, bit for bit (tests/test_native_kernels.py).
+    """
+    M, K = X.shape
+    kernel = cpu_choice.gemm_kernel(W_i8.shape[0], K, M)
+    # the layout the op's GEMM would use (mm.py may answer with another kernel's layout than asked)
+    layout = mm._cpu_weight(W_i8, packed, kernel) if kernel in cpu_gemm.KERNELS else None
+    pairs = codes_gemm.fused_pairs(layout)
+    A = codes_gemm.codes_buffer(layout.kernel if layout else kernel, M, K, pairs)  # (M, K) or (M + 2, K)
+    static_idx = None if float_columns is None else float_columns[0]
+    s_x, zp_x, outlier_idx = quantize_into(X, threshold, static_idx, activation, A)  # and A's sentinel rows
+    if zp_x is not None and row_sums is None:
+        row_sums = epilogue.compute_weight_row_sums(W_i8)  # (N,)
+    if pairs:
+        C = codes_gemm.pairs_main_product(A, layout)  # (M + 2, N); the sparse fix is added by finish
+    elif layout is not None:
+        C = cpu_gemm.int8_mm_float(A, W_i8, layout)
+    else:
+        C = int8_mm_float(A, W_i8, packed=packed)  # torch._int_mm or the reference
+    products = []
+    if outlier_idx.numel():
+        products.append(epilogue.outlier_operands(X, outlier_idx, W_i8, s_w, packed))
+    if float_columns is not None:
+        products.append((X.index_select(1, float_columns[0]).float(), float_columns[1].float()))
+    inexact = torch.zeros(1, dtype=torch.int32) if pairs and not layout.always_exact else None
+    fix = dict(fix=layout.fix, codes=A, inexact=inexact) if pairs else {}
+    inline = X.dtype == torch.bfloat16 and bf16.has_native_bf16()  # the bf16 route (kernels/bf16.py)
+    products, common = tuple(products), dict(bias=bias, out_dtype=out_dtype, inline_products=inline)
+    out = epilogue.finish(C, s_w, s_x, zp_x, row_sums, **fix, products=products, **common)
+    if inexact is not None and inexact.item():  # a main product reached 2**24: the exact route, rows checked
+        C = cpu_gemm.int8_mm_float(A[:M], W_i8, layout)
+        out = epilogue.finish(C, s_w, s_x, zp_x, row_sums, products=products, **common)
+    return out
+
+
 def _int8_layer_probe(X, W_i8, s_w, packed, row_sums) -> torch.Tensor:
     """The int8 x int8 forward as ``choice/cpu.py`` times it against the weight-only kernel."""
-    return _forward_2d(X, W_i8, s_w, 6.0, packed, "zeropoint", row_sums)
+    return _forward_cpu(X, W_i8, s_w, None, 6.0, packed, "zeropoint", row_sums, None, X.dtype)
 
 
 def weight_only_limit(in_features: int, out_features: int) -> int:
@@ -199,6 +255,10 @@ def forward(x, weight_int8, weight_scale, bias, threshold, activation, packed, r
             weight_only_max_tokens,
             lambda: _forward_2d(X, weight_int8, weight_scale, threshold, packed, activation, row_sums, float_columns),
         )  # fmt: skip
+        return out.reshape(*lead, N)
+    if x.device.type == "cpu" and x.dtype in _CPU_DTYPES and not needs_grad(x, bias):
+        out = _forward_cpu(X, weight_int8, weight_scale, bias, threshold, packed, activation, row_sums, float_columns,
+                           x.dtype)  # fmt: skip
         return out.reshape(*lead, N)
     C = _int8_2d(X, weight_int8, weight_scale, bias, threshold, activation, packed, row_sums, float_columns)
     return C.to(x.dtype).reshape(*lead, N)  # (..., out_features)

@@ -10,11 +10,14 @@ file                   what                                             referenc
 ``cuda_gemm.py``       cuBLASLt's int8 GEMM under its shape rules      ``int8_matmul_reference``
 ``triton/``            the GPU kernels (quantize, fused GEMM, decode)   each file's ``*_reference``
 ``probes.py``          which CPU kernels run here, exactly              the float64 product
+``native/``            C++: one-pass quantizer, one-pass epilogue       the PyTorch sequence of the above
+``codes_gemm.py``      the CPU GEMM fed by the quantizer's buffer       ``cpu_gemm.int8_mm_float``
+``bf16.py``            bf16 hardware probe, for the bf16 route          the float64 product (a bound)
 =====================  ===============================================  ====================================
 
 Nothing here chooses between kernels (``ops/choice``) or knows the op (``ops/forward.py``).
 """
 
-from . import cpu_gemm, cuda_gemm, epilogue, probes, quantize, weight_only
+from . import bf16, codes_gemm, cpu_gemm, cuda_gemm, epilogue, native, probes, quantize, weight_only
 
-__all__ = ["cpu_gemm", "cuda_gemm", "epilogue", "probes", "quantize", "weight_only"]
+__all__ = ["bf16", "codes_gemm", "cpu_gemm", "cuda_gemm", "epilogue", "native", "probes", "quantize", "weight_only"]

@@ -6,6 +6,13 @@ values always), then each row of ``X`` without ``O`` is quantized with its own s
 [-127, 127], the form the CPU GEMMs of ``cpu_gemm.py`` read. Bit-identical to the plain quantizers
 of ``llm_int8.primitives`` (``outlier_columns``, ``rowwise_quantize``, ``zeropoint_quantize``), which
 are their oracle; the GPU version is ``triton/quantize.py``.
+
+``quantize_into`` is the same computation in one C++ pass per row (``native/cpu_kernels.cpp``):
+``X`` is read once for the column maxima that define ``O`` (they need every row), then once per
+row for its range and its codes (the row is still in L1 for the second look), and the codes are
+written straight into the buffer the GEMM reads, float32 or int8. Its output equals the functions
+below bit for bit (tests/test_native_kernels.py); they are its reference and, where the extension
+is not built, what runs instead.
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ from __future__ import annotations
 import torch
 
 from ...primitives import INT8_MAX, zeropoint_params
+from . import native
 
-__all__ = ["quantize_activations", "quantize_activations_zeropoint", "split_outliers"]
+__all__ = ["quantize_activations", "quantize_activations_zeropoint", "quantize_into", "split_outliers"]
 
 
 def _outlier_index(col_absmax: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -90,3 +98,31 @@ def quantize_activations_zeropoint(
     nd, zp = zeropoint_params(row_max, row_min)  # (M,) each: codes per unit, zero point
     X_codes = (X_regular * nd[:, None]).add_(zp[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX)
     return X_codes, 1.0 / nd, zp, outlier_idx
+
+
+def quantize_into(
+    X: torch.Tensor, threshold: float, static_idx: torch.Tensor | None, activation: str, codes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Steps 1-2 with the codes written into ``codes`` (M, K), float32 or int8 (the dtype the GEMM reads);
+    or into the first M rows of a (M + 2, K) float32 ``codes``, whose last two rows then get fbgemm's
+    sentinel rows (``codes_gemm.write_sentinels``).
+
+    Returns ``(s_x, zp_x, outlier_idx)`` as ``quantize_activations_zeropoint`` (``activation="zeropoint"``)
+    or ``quantize_activations`` (``"absmax"``, ``zp_x`` ``None``) return them, and ``codes`` holds their
+    codes. One C++ pass where the extension is built (``native.ops()``), else those functions and a copy.
+    """
+    zeropoint = activation == "zeropoint"
+    X = _as_compute_dtype(X).contiguous()
+    ops = native.ops() if X.device.type == "cpu" and X.numel() else None
+    if ops is not None:
+        s_x, zp, outlier_idx = ops.quantize_rows(X, float(threshold), static_idx, zeropoint, codes)
+        return s_x, (zp if zeropoint else None), outlier_idx
+    if zeropoint:
+        X_codes, s_x, zp, outlier_idx = quantize_activations_zeropoint(X, threshold, static_idx)
+    else:
+        (X_codes, s_x, outlier_idx), zp = quantize_activations(X, threshold, static_idx), None
+    codes[: X_codes.shape[0]].copy_(X_codes)  # integers in [-127, 127]: exact in int8
+    if codes.shape[0] == X_codes.shape[0] + 2:
+        codes[-2:].zero_()
+        codes[-2, 0], codes[-1, 0] = -128, INT8_MAX
+    return s_x, zp, outlier_idx

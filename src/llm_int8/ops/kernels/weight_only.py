@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import probes
+from . import native, probes
 
 __all__ = ["K_MULTIPLE", "available", "int8_weight_only_linear"]
 
@@ -35,8 +35,10 @@ def int8_weight_only_linear(
     """``x`` (..., K) float -> (..., N) in ``x``'s dtype, through ``_weight_int8pack_mm`` with bf16 ``x``.
 
     The kernel multiplies by unit scales; ``weight_scale`` (float32) is applied afterwards in float32,
-    so the scales are not rounded to bf16. The caller checks shapes and that the kernel is available
-    (``probes.has_weight_int8pack_mm``); no autograd.
+    so the scales are not rounded to bf16: ``cast(float(C) * s_w + bias)``, one C++ pass where the
+    extension is built (``native.ops().scale_bias_cast``), else the same three PyTorch steps. The
+    caller checks shapes and that the kernel is available (``probes.has_weight_int8pack_mm``); no
+    autograd.
     """
     N, K = weight_int8.shape
     if K % K_MULTIPLE:
@@ -44,8 +46,12 @@ def int8_weight_only_linear(
     lead = x.shape[:-1]
     X = _aligned(x.reshape(-1, K).to(torch.bfloat16))  # (M, K)
     ones = torch.ones(N, dtype=torch.bfloat16, device=x.device)
-    C = torch._weight_int8pack_mm(X, _aligned(weight_int8), ones).float()  # (M, N): X_bf16 W_i8^T, one bf16 rounding
-    C.mul_(weight_scale.float())
+    C = torch._weight_int8pack_mm(X, _aligned(weight_int8), ones)  # (M, N) bf16: X_bf16 W_i8^T, one bf16 rounding
+    ops = native.ops() if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16) else None
+    if ops is not None:  # the same three steps in one pass, no float32 copies (native/cpu_kernels.cpp)
+        b = None if bias is None else bias.float().contiguous()
+        return ops.scale_bias_cast(C, weight_scale.float().contiguous(), b, x.dtype).reshape(*lead, N)
+    C = C.float().mul_(weight_scale.float())
     if bias is not None:
         C.add_(bias.float())
     return C.to(x.dtype).reshape(*lead, N)
