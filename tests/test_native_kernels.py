@@ -17,7 +17,7 @@ import torch
 from llm_int8 import Int8Linear
 from llm_int8.ops import forward
 from llm_int8.ops.choice import cpu as cpu_choice
-from llm_int8.ops.kernels import codes_gemm, cpu_gemm, epilogue, native
+from llm_int8.ops.kernels import codes_gemm, cpu_gemm, epilogue, native, probes
 from llm_int8.ops.kernels.quantize import quantize_activations, quantize_activations_zeropoint, quantize_into
 from llm_int8.primitives import rowwise_quantize
 
@@ -164,7 +164,9 @@ def _sequence(C, s_w, s_x, zp, r, products, bias, out_dtype):
     return C.to(out_dtype)
 
 
-@pytest.mark.skipif(cpu_gemm.FBGEMM_PAIRS not in cpu_choice.admitted_kernels(), reason="fbgemm_pairs not admitted")
+@pytest.mark.skipif(
+    cpu_gemm.FBGEMM_PAIRS not in probes.exact_cpu_kernels(), reason="fbgemm_pairs is not exact on this CPU"
+)
 @pytest.mark.parametrize("shape", [(1, 9, 5), (70, 130, 64), (513, 576, 40)], ids=str)
 def test_pairs_product_float_equals_the_kernel(ops, shape):
     """The FBGEMM_PAIRS product with the fix in the C++ pass, as ``ops/choice`` could time it."""
@@ -174,7 +176,9 @@ def test_pairs_product_float_equals_the_kernel(ops, shape):
     assert torch.equal(codes_gemm.pairs_product_float(codes, W_i8, layout), cpu_gemm.int8_mm_float(codes, W_i8, layout))
 
 
-@pytest.mark.skipif(cpu_gemm.FBGEMM_PAIRS not in cpu_choice.admitted_kernels(), reason="fbgemm_pairs not admitted")
+@pytest.mark.skipif(
+    cpu_gemm.FBGEMM_PAIRS not in probes.exact_cpu_kernels(), reason="fbgemm_pairs is not exact on this CPU"
+)
 @pytest.mark.parametrize("adversarial", [False, True], ids=["products_below_2**24", "a_product_at_2**24"])
 def test_a_weight_whose_products_may_leave_float32_still_gives_the_same_bits(ops, monkeypatch, adversarial):
     """Not ``always_exact`` (127 * max row L1 >= 2**24): the fused route runs and reports a main
@@ -211,7 +215,9 @@ ROUTES = {  # how finish adds the float products: the BLAS' sums in the one pass
 }
 
 
-@pytest.mark.skipif(cpu_gemm.FBGEMM_PAIRS not in cpu_choice.admitted_kernels(), reason="fbgemm_pairs not admitted")
+@pytest.mark.skipif(
+    cpu_gemm.FBGEMM_PAIRS not in probes.exact_cpu_kernels(), reason="fbgemm_pairs is not exact on this CPU"
+)
 @pytest.mark.parametrize("shape", [(1, 9, 5), (7, 40, 13), (70, 130, 64), (9, 64, 200)], ids=str)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("with_zp", [True, False])
@@ -284,7 +290,7 @@ def _layer(K: int, N: int, activation: str, float_dims, bias: bool) -> Int8Linea
     return Int8Linear.from_linear(linear, activation=activation, weight_only_max_tokens=0, float_dims=float_dims)
 
 
-@pytest.mark.parametrize("kernel", cpu_choice.admitted_kernels() + ["reference"])
+@pytest.mark.parametrize("kernel", probes.exact_cpu_kernels() + ["reference"])
 @pytest.mark.parametrize("activation", ["zeropoint", "absmax"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("float_dims", [None, [5]], ids=["no_float_dims", "float_dims"])

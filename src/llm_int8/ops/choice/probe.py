@@ -15,7 +15,7 @@ import torch
 
 from ..._version import __version__
 from ...primitives import rowwise_quantize
-from ..kernels import cpu_gemm, probes
+from ..kernels import codes_gemm, cpu_gemm, probes
 from .cache import DecisionStore
 
 __all__ = [
@@ -100,4 +100,6 @@ def run_probe(kernel: str, A_codes: torch.Tensor, W_i8: torch.Tensor, packed) ->
     if kernel == probes.INT_MM:
         A_i8 = A_codes.to(torch.int8)
         return lambda m: cpu_gemm.int_mm(A_i8[:m], W_i8)
+    if kernel == probes.FBGEMM_PAIRS:  # the op adds the sparse fix in its C++ epilogue pass where built
+        return lambda m: codes_gemm.pairs_product_float(A_codes[:m], W_i8, packed)
     return lambda m: cpu_gemm.int8_mm_float(A_codes[:m], W_i8, packed)

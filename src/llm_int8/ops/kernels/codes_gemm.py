@@ -14,10 +14,10 @@ that form and the codes are written once:
 * ``ONEDNN`` (sign split), ``ONEDNN_S8``, ``torch._int_mm`` and the reference read int8.
 
 ``pairs_product_float`` is the whole ``FBGEMM_PAIRS`` product this way (main product, then the fix
-in the C++ pass with unit scales): ``cpu_gemm.int8_mm_float``'s signature and bits, for timing the
-kernel as the op now runs it (``ops/choice`` times ``cpu_gemm.int8_mm_float``, whose fix is torch's
-sparse product, 3-6x slower on the AVX2 machine, so it ranks ``FBGEMM_PAIRS`` below the split
-kernels on shapes where the op's own route would beat them; see BENCHMARKS.md section (h)).
+in the C++ pass with unit scales): ``cpu_gemm.int8_mm_float``'s signature and bits, which is how
+``ops/choice`` times the kernel, as the op runs it (``cpu_gemm.int8_mm_float``'s fix is torch's sparse
+product, 3-6x slower on the AVX2 machine: timed that way, ``FBGEMM_PAIRS`` ranked below the split
+kernels on shapes where the op's own route beats them; BENCHMARKS.md section (i)).
 
 Reference: ``cpu_gemm.int8_mm_float`` on the same codes (tests/test_native_kernels.py).
 """
