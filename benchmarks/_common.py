@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import platform
@@ -87,6 +88,27 @@ def machine_info() -> dict[str, str]:
         **versions,
         "python": platform.python_version(),
     }
+
+
+def run_info() -> dict[str, str]:
+    """``machine_info`` plus the CPU flags and whether the C++ kernels (``ops/kernels/native``) are built."""
+    from llm_int8.ops.kernels import native
+
+    return {**machine_info(), "cpu_flags": cpu_flags(), "C++ kernels": "built" if native.ops() else native.reason()}
+
+
+def timing_arguments(description: str, rounds: int, argv=None, **extra) -> argparse.Namespace:
+    """``--out --threads --clock --rounds`` and ``extra`` (name: add_argument kwargs), parsed; sets torch's threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    for name, kwargs in extra.items():
+        parser.add_argument(name, **kwargs)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

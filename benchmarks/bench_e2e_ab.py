@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_flags, machine_info, markdown_table, median, write_csv, write_text  # noqa: E402
+from _common import markdown_table, median, run_info, write_csv, write_text  # noqa: E402
 
 import llm_int8  # noqa: E402
 from llm_int8.evaluation import read_text, tokenize_text  # noqa: E402
@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    info = {**machine_info(), "cpu_flags": cpu_flags(), "C++ kernels": "built" if native.ops() else native.reason()}
+    info = run_info()
     base, tokenizer = load_model(None, dtype=torch.float32)
     base.eval()
     ids = tokenize_text(tokenizer, read_text(args.text), max_tokens=512 + 32)

@@ -1,20 +1,19 @@
-"""What ``ops/choice`` would decide if it timed ``FBGEMM_PAIRS`` as the op now runs it (issue 20).
+"""``FBGEMM_PAIRS`` timed two ways beside the other admitted CPU GEMMs: how ``ops/choice`` ranks them (issue 20).
 
     python benchmarks/bench_gemm_routes.py --out benchmarks/results/issue20 --threads 1 --clock cpu
 
-``ops/choice/cpu.py`` ranks the admitted CPU GEMMs by timing ``cpu_gemm.int8_mm_float`` on a probe
-weight (row-wise codes of a Gaussian weight) and random codes, per token bucket. For
-``FBGEMM_PAIRS`` that call adds the sparse fix with torch's CSR product; the op (``_forward_cpu``)
-adds it inside the C++ epilogue instead. This script times, on the same probe weight and codes,
-interleaved, medians: every admitted kernel through ``cpu_gemm.int8_mm_float`` (what the choice
-times today) and ``FBGEMM_PAIRS`` through ``codes_gemm.pairs_product_float`` (the same product, the
-same bits, the fix in the C++ pass: what the choice would time with the one-line change described in
-BENCHMARKS.md section (h)). Writes ``gemm_routes.{md,csv}``.
+``ops/choice`` ranks the admitted CPU GEMMs by timing them on a probe weight (row-wise codes of a
+Gaussian weight) and random codes, per token bucket. For ``FBGEMM_PAIRS``, ``cpu_gemm.int8_mm_float``
+adds the sparse fix with torch's CSR product; the op (``_forward_cpu``) adds it inside the C++
+epilogue instead, and since the merge of issues 18 and 20 the choice times it that way too
+(``choice/probe.py``: ``codes_gemm.pairs_product_float``, the same product and bits). This script
+times, on the same probe weight and codes, interleaved, medians: every admitted kernel through
+``cpu_gemm.int8_mm_float`` and ``FBGEMM_PAIRS`` through ``codes_gemm.pairs_product_float``
+(BENCHMARKS.md section (i)). Writes ``gemm_routes.{md,csv}``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -22,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_flags, machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
+from _common import markdown_table, median, run_info, time_interleaved, timing_arguments, write_csv, write_text  # noqa: E402
 
 from llm_int8.ops.choice import cpu as cpu_choice  # noqa: E402
-from llm_int8.ops.kernels import codes_gemm, cpu_gemm, native  # noqa: E402
+from llm_int8.ops.kernels import codes_gemm, cpu_gemm  # noqa: E402
 from llm_int8.primitives import rowwise_quantize  # noqa: E402
 
 SHAPES = ((576, 576), (576, 1536), (1536, 576), (576, 192), (4096, 4096))  # (K, N)
@@ -49,14 +48,8 @@ def _cell(K: int, N: int, M: int, rounds: int, clock: str) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
-    parser.add_argument("--rounds", type=int, default=9)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    info = {**machine_info(), "cpu_flags": cpu_flags(), "C++ kernels": "built" if native.ops() else native.reason()}
+    args = timing_arguments(__doc__.split("\n")[0], rounds=9, argv=argv)
+    info = run_info()
     rows, table = [], []
     for K, N in SHAPES:
         for M in BUCKETS:
@@ -67,7 +60,7 @@ def main(argv=None) -> None:
             cells = " ".join(f"{k}={v:.3f}" for k, v in ms.items())
             print(f"{K}x{N} M={M}: {cells}", flush=True)
             table.append([f"{K} x {N}", str(M), *(f"{ms[k]:.3f}" for k in ms), today, with_fix])
-    header = ["K x N", "M", *(f"{k} ms" for k in ms), "choice today", "choice timing the C++ fix"]
+    header = ["K x N", "M", *(f"{k} ms" for k in ms), "fastest, fix in torch", "fastest, fix in C++"]
     info["loadavg_1min_end"] = f"{os.getloadavg()[0]:.2f}"
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "gemm_routes.csv", rows)
@@ -76,9 +69,11 @@ def main(argv=None) -> None:
     write_text(
         args.out / "gemm_routes.md",
         f"# CPU GEMM routes as ops/choice times them\n\nCommand: `{command.strip()}`\n\n{machine}\n\n"
-        "Median ms per call on the choice's probe weight and random codes; `choice today`: the fastest of the "
-        "routes the choice times now; `choice timing the C++ fix`: the fastest with `fbgemm_pairs` timed as the "
-        "op runs it.\n\n" + markdown_table(header, table) + "\n",
+        "Median ms per call on the choice's probe weight and random codes; `fastest, fix in torch`: the fastest "
+        "with `fbgemm_pairs`' fix as torch's CSR product (what the choice timed before issues 18 and 20 met); "
+        "`fastest, fix in C++`: with `fbgemm_pairs` timed as the op runs it (what the choice times now).\n\n"
+        + markdown_table(header, table)
+        + "\n",
     )
 
 

@@ -21,7 +21,6 @@ Writes ``quantizer.{md,csv}``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_flags, machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
+from _common import markdown_table, median, run_info, time_interleaved, timing_arguments, write_csv, write_text  # noqa: E402
 
 from llm_int8.ops.kernels import native  # noqa: E402
 from llm_int8.ops.kernels.quantize import quantize_activations_zeropoint, quantize_into  # noqa: E402
@@ -102,14 +101,8 @@ def _identical(X: torch.Tensor, compiled) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
-    parser.add_argument("--rounds", type=int, default=15)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    info = {**machine_info(), "cpu_flags": cpu_flags(), "C++ kernels": "built" if native.ops() else native.reason()}
+    args = timing_arguments(__doc__.split("\n")[0], rounds=15, argv=argv)
+    info = run_info()
     with tempfile.TemporaryDirectory() as cache:
         info["inductor compile, cold cache (s, process CPU)"] = f"{_compile_seconds(cache):.1f}"
         info["inductor compile, warm on-disk cache (s, process CPU)"] = f"{_compile_seconds(cache):.1f}"
