@@ -7,10 +7,12 @@ import pytest
 from llm_int8.cli import main
 from llm_int8.ops.choice import admission
 from llm_int8.ops.choice import cpu as cpu_choice
+from llm_int8.ops.kernels import native
 
 
 @pytest.fixture
 def fresh_cache(monkeypatch, tmp_path):
+    native.ops()  # built or loaded from the user's cache before XDG_CACHE_HOME moves (never rebuilt per test)
     monkeypatch.delenv("LLM_INT8_CACHE_DIR", raising=False)  # conftest's session folder: XDG_CACHE_HOME is tested here
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cpu_choice.forget()
@@ -30,6 +32,8 @@ def test_env_prints_cpu_kernels_versions_and_cache(capsys, fresh_cache):
     assert f"used with timing off: {admission.fixed_kernel()}\n" in out
     assert f"cache file: {fresh_cache}" in out
     assert "timing: off" in out and "no per-shape decisions yet" in out  # the test suite turns timing off
+    native_state = "loaded" if native.ops() is not None else f"not used ({native.reason()})"
+    assert f"C++ CPU kernels (one-pass quantizer and epilogue): {native_state}" in out
 
 
 def test_env_tune_measures_and_lists_the_choice(capsys, fresh_cache, monkeypatch):

@@ -136,7 +136,7 @@ def _cmd_env(args) -> int:
     from ..ops.choice import admission
     from ..ops.choice import cpu as cpu_choice
     from ..ops.forward import weight_only_limit
-    from ..ops.kernels import probes
+    from ..ops.kernels import native, probes
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,6 +152,9 @@ def _cmd_env(args) -> int:
     print(f"used with timing off: {admission.fixed_kernel()}")
     print(f"weight-only int8 x bf16 kernel: {'yes' if probes.has_weight_int8pack_mm() else 'no'}")
     print(f"torch.compile custom op {custom_op.OP_NAME}: {'registered' if custom_op.available() else 'unavailable'}")
+    # built or loaded by now where admission timed fbgemm_pairs; else this call builds it (once per machine)
+    state = "loaded" if native.ops() is not None else f"not used ({native.reason()}): the PyTorch fallback runs"
+    print(f"C++ CPU kernels (one-pass quantizer and epilogue): {state}")
 
     print("\n## Choice by measurement")
     forced = os.environ.get(cpu_choice.BACKEND_ENV) or "no"
