@@ -55,8 +55,7 @@ def fused_pairs(layout: object) -> bool:
         return False
     if layout.always_exact:
         return True
-    crow = layout.fix.crow_indices()
-    return int((crow[1:] - crow[:-1]).max()) * _FIX_MAX * INT8_MAX < 2**24
+    return layout.fix_row_max * _FIX_MAX * INT8_MAX < 2**24  # counted once, at packing
 
 
 def codes_buffer(kernel: str, M: int, K: int, pairs: bool) -> torch.Tensor:

@@ -118,6 +118,7 @@ class CpuInt8Weight:
     fix: torch.Tensor | None = None  # FBGEMM_PAIRS: W_fix (N, K) sparse CSR, float32 if always_exact, else float64
     chunks: tuple = ()  # K > K_CHUNK: one CpuInt8Weight per block of K_CHUNK columns
     fix_density: float = 0.0  # FBGEMM_PAIRS: nonzeros of W_fix / (N * K)
+    fix_row_max: int = 0  # FBGEMM_PAIRS: the most nonzeros in one row of W_fix
     # layouts of the same weight for the other kernels, packed on first use (the kernel choice of
     # ops/choice/cpu.py may differ per token bucket); derived like this one
     others: dict = field(default_factory=dict, repr=False)
@@ -191,7 +192,11 @@ def prepack(W_i8: torch.Tensor, kernel: str) -> CpuInt8Weight:
             warnings.simplefilter("ignore", UserWarning)
             fix = W_fix.to(torch.float32 if always_exact else torch.float64).to_sparse_csr()
         density = fix._nnz() / max(N * K, 1)
-        return CpuInt8Weight(FBGEMM_PAIRS, _prepack_fbgemm(W_safe), N, K, always_exact, fix=fix, fix_density=density)
+        crow = fix.crow_indices()
+        row_max = int((crow[1:] - crow[:-1]).max()) if N else 0
+        return CpuInt8Weight(
+            FBGEMM_PAIRS, _prepack_fbgemm(W_safe), N, K, always_exact, fix=fix, fix_density=density, fix_row_max=row_max
+        )
     if kernel in (ONEDNN, ONEDNN_S8):  # one packed layout serves u8 and s8 activations
         packed = torch.ops.onednn.qlinear_prepack(W_i8, None)  # None: one layout for any number of rows
         ones, zeros = torch.ones(N, dtype=torch.float32), torch.zeros(N, dtype=torch.int64)
