@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, median, run_info, time_interleaved, timing_arguments, write_csv, write_text  # noqa: E402
 
-from llm_int8.ops.choice import cpu as cpu_choice  # noqa: E402
+from llm_int8.ops.choice import admission  # noqa: E402
 from llm_int8.ops.kernels import codes_gemm, cpu_gemm  # noqa: E402
 from llm_int8.primitives import rowwise_quantize  # noqa: E402
 
@@ -36,7 +36,7 @@ def _cell(K: int, N: int, M: int, rounds: int, clock: str) -> dict[str, float]:
     W_i8 = rowwise_quantize(torch.randn(N, K, generator=gen))[0]  # as the choice's probe weight
     A = torch.randint(-127, 128, (M, K), generator=gen).float()  # (M, K) codes, as the choice times them
     fns = {}
-    for kernel in cpu_choice.admitted_kernels():
+    for kernel in admission.admitted_kernels():
         if kernel in cpu_gemm.KERNELS:
             layout = cpu_gemm.prepack(W_i8, kernel)
             fns[kernel] = lambda layout=layout: cpu_gemm.int8_mm_float(A, W_i8, layout)

@@ -59,6 +59,7 @@ import _breakdown  # noqa: E402
 from _common import cpu_flags, machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
 
 from llm_int8 import Int8Linear  # noqa: E402
+from llm_int8.ops.choice import admission  # noqa: E402
 from llm_int8.ops.choice import cpu as cpu_choice  # noqa: E402
 from llm_int8.ops.kernels import cpu_gemm, probes  # noqa: E402
 from llm_int8.ops.kernels.quantize import quantize_activations  # noqa: E402
@@ -74,7 +75,7 @@ SHAPES = {  # name: (in_features K, out_features N)
 DEFAULT_SHAPES = ("smollm2-up", "smollm2-down", "llama7b-qkv", "llama7b-up", "llama70b-up")
 TOKENS = (1, 16, 128, 512, 2048)
 OUTLIER_DIMS = 6
-GEMMS = tuple(f"gemm_{kernel}" for kernel in cpu_choice.admitted_kernels())
+GEMMS = tuple(f"gemm_{kernel}" for kernel in admission.admitted_kernels())
 CANDIDATES = (
     "fp32",
     "bf16",
@@ -139,13 +140,13 @@ def _candidates(modules: dict, packed: cpu_gemm.CpuInt8Weight, X: torch.Tensor, 
         "bf16": lambda: modules["bf16"](X_bf16),
         "llm_int8": lambda: int8_layer(X),
         "llm_int8_bf16": lambda: modules["llm_int8_bf16"](X_bf16),
-        **{f"gemm_{k}": _gemm(k, packed, int8_layer.weight_int8, codes) for k in cpu_choice.admitted_kernels()},
+        **{f"gemm_{k}": _gemm(k, packed, int8_layer.weight_int8, codes) for k in admission.admitted_kernels()},
         "llm_int8_int8path": lambda: modules["llm_int8_int8path"](X),
         "llm_int8_absmax": lambda: modules["llm_int8_absmax"](X),
     }
     if "bnb" in modules:
         fns["bnb"] = lambda: modules["bnb"](X)
-    if probes.FBGEMM in cpu_choice.admitted_kernels():  # the raw weight in fbgemm's layout
+    if probes.FBGEMM in admission.admitted_kernels():  # the raw weight in fbgemm's layout
         fns["gemm_saturating"] = _saturating_gemm(packed.for_kernel(cpu_gemm.FBGEMM, int8_layer.weight_int8), codes)
     if X.shape[0] <= W8_MAX_TOKENS and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         scales = int8_layer.weight_scale.to(torch.bfloat16)
@@ -362,7 +363,7 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", module="bitsandbytes")
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    info["llm_int8 admitted int8 GEMMs"] = ", ".join(cpu_choice.admitted_kernels())
+    info["llm_int8 admitted int8 GEMMs"] = ", ".join(admission.admitted_kernels())
     info["kernel choice"] = "measured" if cpu_choice.timing_enabled() else f"fixed ({cpu_choice.fixed_kernel()})"
     info["autotune cache"] = str(cpu_choice.cache_path())
     info["loadavg_1min_start"] = f"{__import__('os').getloadavg()[0]:.2f}"

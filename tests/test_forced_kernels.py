@@ -55,7 +55,7 @@ def assert_exact(A: torch.Tensor, W: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("M", [1, 2, 17, 128, 600])
-@pytest.mark.parametrize("K", [1, 77, 4099])
+@pytest.mark.parametrize("K", [1, 2, 3, 5, 17, 77, 4099])
 def test_int8_mm_is_exact(kernel, M, K):
     assert_exact(_codes(M, K), _codes(45, K))
     assert_exact(*_extreme(M, 45, K))
@@ -68,16 +68,50 @@ def test_int8_mm_is_exact_past_int32(kernel, M):
     assert_exact(A, W)
 
 
+def _layer_agrees_with_the_reference_kernel(monkeypatch, kernel, X, W_i8, activation):
+    # every kernel returns the exact integers, so the whole layer agrees bit for bit; the weight-only
+    # path is off so that every M takes the integer GEMM
+    s_w = torch.rand(W_i8.shape[0]) / 100
+    got = int8_linear(X, W_i8, s_w, None, 6.0, activation=activation, weight_only_max_tokens=0)
+    monkeypatch.setenv(cpu_choice.BACKEND_ENV, probes.REFERENCE)
+    want = int8_linear(X, W_i8, s_w, None, 6.0, activation=activation, weight_only_max_tokens=0)
+    monkeypatch.setenv(cpu_choice.BACKEND_ENV, kernel)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("activation", ["absmax", "zeropoint"])
 @pytest.mark.parametrize("M", [1, 17, 600])
-def test_op_is_bit_identical_to_the_reference_kernel(kernel, monkeypatch, activation, M):
-    # every kernel returns the exact integers, so the whole layer agrees bit for bit
-    W_i8, s_w = _codes(96, 300, low=-127), torch.rand(96) / 100
-    X = torch.randn(M, 300)
-    X[:, 7] *= 20  # an outlier dim
-    got = int8_linear(X, W_i8, s_w, None, 6.0, activation=activation)
-    monkeypatch.setenv(cpu_choice.BACKEND_ENV, probes.REFERENCE)
-    assert torch.equal(got, int8_linear(X, W_i8, s_w, None, 6.0, activation=activation))
+@pytest.mark.parametrize("K", [1, 2, 3, 5, 17, 300, 4099])
+def test_op_is_bit_identical_to_the_reference_kernel(kernel, monkeypatch, activation, M, K):
+    X = torch.randn(M, K)
+    X[:, K // 2] *= 20  # an outlier dim (at K = 1 the only one: the int8 part is then all zero codes)
+    _layer_agrees_with_the_reference_kernel(monkeypatch, kernel, X, _codes(96, K, low=-127), activation)
+    if K > 1:  # no outlier
+        _layer_agrees_with_the_reference_kernel(monkeypatch, kernel, torch.randn(M, K), _codes(45, K, low=-127),
+                                                activation)  # fmt: skip
+
+
+@pytest.mark.parametrize("activation", ["absmax", "zeropoint"])
+def test_op_is_bit_identical_to_the_reference_kernel_past_int32(kernel, monkeypatch, activation):
+    X = torch.rand(3, LONG_K) + 1.0  # same-signed inputs: the integer sums are as large as they get
+    _layer_agrees_with_the_reference_kernel(monkeypatch, kernel, X, torch.full((4, LONG_K), 127, dtype=torch.int8),
+                                            activation)  # fmt: skip
+
+
+def test_a_size_one_dimension_of_stride_zero_is_read_right(kernel):
+    """pytorch/pytorch#195066: ``torch._int_mm`` on CPU is wrong when a size-1 dimension has stride 0
+    (Inductor gives single-token activations that stride), and ``.contiguous()`` keeps such a stride."""
+    K = 64
+    A = _codes(K, low=-127).as_strided((1, K), (0, 1))  # (1, K), stride 0 on the token dimension
+    W1 = _codes(K, low=-127).as_strided((1, K), (0, 1))  # (1, K): a single output row, stride 0
+    assert_exact(A, _codes(48, K))
+    assert_exact(A.clone(), W1)
+    X = torch.randn(K).as_strided((1, K), (0, 1))
+    W_i8, s_w = _codes(48, K, low=-127), torch.rand(48) / 100
+    for activation in ("absmax", "zeropoint"):
+        got = int8_linear(X, W_i8, s_w, None, 6.0, activation=activation, weight_only_max_tokens=0)
+        assert torch.equal(got, int8_linear(X.clone(), W_i8, s_w, None, 6.0, activation=activation,
+                                            weight_only_max_tokens=0))  # fmt: skip
 
 
 @pytest.mark.parametrize("activation", ["absmax", "zeropoint"])

@@ -199,3 +199,18 @@ def test_weight_only_path_takes_a_misaligned_view():
     ref = int8_weight_only_reference(X.double(), q.weight_int8, q.weight_scale, q.bias)
     # the kernel's bf16 output, then the bf16 result: two roundings
     torch.testing.assert_close(q(X).double(), ref, rtol=0, atol=2**-7 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lead", [(3,), (2, 5), (0,)])
+def test_meta_tensors_give_the_shape_and_dtype_of_nn_linear(dtype, lead):
+    # tools infer shapes on meta tensors: no data, so no outlier search (torch.nonzero has no meta kernel)
+    linear = nn.Linear(64, 24)
+    layer = Int8Linear.from_linear(linear).to("meta")
+    x = torch.empty(*lead, 64, dtype=dtype, device="meta", requires_grad=True)
+    want = linear.to(device="meta", dtype=dtype)(x)
+    got = layer(x)
+    assert (got.shape, got.dtype, got.device) == (want.shape, want.dtype, want.device)
+    assert got.requires_grad
+    with pytest.raises(ValueError, match="in_features=64"):
+        layer(torch.empty(3, 63, device="meta"))

@@ -228,6 +228,8 @@ def forward(x, weight_int8, weight_scale, bias, threshold, activation, packed, r
     ``packed`` and ``row_sums`` are its ``packed_weight`` and ``weight_row_sums``)."""
     check_inputs(x, weight_int8, weight_scale, bias, threshold, activation)
     N, K = weight_int8.shape
+    if "meta" in (x.device.type, weight_int8.device.type):  # shape inference: no data to find outliers in
+        return torch.nn.functional.linear(x.to("meta"), torch.empty(N, K, dtype=x.dtype, device="meta"))
     tokens = x.numel() // K if K else 0
     if weight_only_max_tokens is None and tokens > cpu_choice.AUTO_MAX_TOKENS:
         weight_only_max_tokens = 0  # beyond any crossover: no need to know (or measure) this shape's

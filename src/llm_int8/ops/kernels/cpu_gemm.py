@@ -72,6 +72,7 @@ from .accumulate import K_CHUNK, sum_over_k_chunks
 __all__ = [
     "FBGEMM",
     "FBGEMM_PAIRS",
+    "INT_MM_MIN_K",
     "KERNELS",
     "PAIRS_MAX_FIX_DENSITY",
     "ONEDNN",
@@ -329,10 +330,34 @@ def _chunked_product(A_i8: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weig
     return sum_over_k_chunks(lambda A, W: _int32_product(A.contiguous(), W, next(chunks)), A_i8, W_i8)
 
 
-def int_mm(A_i8: torch.Tensor, W_i8: torch.Tensor) -> torch.Tensor:
-    """``torch._int_mm`` on CPU tensors: (M, K) x (N, K) int8 -> (M, N), exact for any ``K``."""
+INT_MM_MIN_K = 16
+"""``int_mm`` never hands ``torch._int_mm`` fewer input features than this: shorter operands are padded
+with zero columns, which add nothing to any sum. On AMD Zen 4 (AVX-512 VNNI, torch 2.13) ``torch._int_mm``
+returns uninitialised memory at K = 1 for N >= 16 (K = 2 .. 4099 right); padding is exact on any CPU,
+costs nothing at these sizes, and the self-test of ``probes.py`` proves the kernel at K = 16 and above."""
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with row-major strides. ``.contiguous()`` keeps a stride of 0 on a size-1 dimension (such a
+    tensor counts as contiguous), and ``torch._int_mm`` on CPU returns wrong integers for it (measured with
+    torch 2.13; pytorch/pytorch#195066); Inductor gives single-token activations that stride."""
+    rows, cols = t.shape
+    return t if t.stride() == (cols, 1) or t.numel() == 0 else t.new_empty(rows, cols).copy_(t)
+
+
+def _int_mm_block(A_i8: torch.Tensor, W_i8: torch.Tensor) -> torch.Tensor:
+    K = A_i8.shape[1]
+    if K < INT_MM_MIN_K:
+        A_i8 = torch.nn.functional.pad(A_i8, (0, INT_MM_MIN_K - K))  # (M, 16): zero columns
+        W_i8 = torch.nn.functional.pad(W_i8, (0, INT_MM_MIN_K - K))  # (N, 16)
     # W^T as a view of the (N, K) weight: 5x faster than a contiguous (K, N) copy (torch 2.13, AVX2)
-    return sum_over_k_chunks(lambda A, W: torch._int_mm(A.contiguous(), W.T), A_i8, W_i8)
+    return torch._int_mm(_dense(A_i8), _dense(W_i8).T)
+
+
+def int_mm(A_i8: torch.Tensor, W_i8: torch.Tensor) -> torch.Tensor:
+    """``torch._int_mm`` on CPU tensors: (M, K) x (N, K) int8 -> (M, N), exact for any ``K`` >= 1
+    (blocks of ``K_CHUNK``; fewer than ``INT_MM_MIN_K`` features padded, any stride made row-major)."""
+    return sum_over_k_chunks(_int_mm_block, A_i8, W_i8)
 
 
 def _int32_product(A_i8: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weight) -> torch.Tensor:

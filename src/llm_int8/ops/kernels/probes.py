@@ -25,6 +25,8 @@ __all__ = [
     "ONEDNN",
     "ONEDNN_S8",
     "REFERENCE",
+    "SHAPE_CASES_K",
+    "SHAPE_CASES_MN",
     "exact_cpu_kernels",
     "has_fbgemm_linear",
     "has_fbgemm_pairs_linear",
@@ -54,10 +56,17 @@ ALL_CPU_KERNELS = (ONEDNN_S8, FBGEMM_PAIRS, FBGEMM, ONEDNN, INT_MM)
 """Every CPU integer GEMM this library knows, in order of preference when nothing is measured."""
 
 
-def _self_test_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(A (M, K), W (N, K))`` int8: codes that saturate an int16 pair sum (``vpmaddubsw`` without
-    VNNI) or expose a 7-bit misreading. (Sums past int32 are the business of ``accumulate.py``,
-    tested per kernel in the suite: a runtime case would cost a second per process.)"""
+SHAPE_CASES_K = (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 65, 127, 129, 255, 257, 4099)
+"""Input-feature counts every kernel is proven on: 1 to 4, and just below and past each power-of-two
+block size a GEMM unrolls or tiles by (8 to 256, and 4096). ``torch._int_mm`` on AMD Zen 4 returned
+uninitialised memory at K = 1 only; a kernel is trusted only where it was shown exact."""
+SHAPE_CASES_MN = ((1, 45), (3, 1), (17, 67))
+"""(M, N) taken in turn with the values of K: one token, one output row, and sizes that are not
+multiples of 8 or 16 (each K gets one, so the self-test costs tens of milliseconds per kernel)."""
+
+
+def _saturation_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Codes that saturate an int16 pair sum (``vpmaddubsw`` without VNNI) or expose a 7-bit misreading."""
     A = torch.full((4, 256), 127, dtype=torch.int8)
     A[1::2] = -127
     A[2, ::3] = 5
@@ -65,6 +74,29 @@ def _self_test_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
     W[::3] = -127
     W[4, 1::2] = -3
     return [(A, W)]
+
+
+def _shape_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Degenerate and odd shapes (each of ``SHAPE_CASES_K`` with the next of ``SHAPE_CASES_MN``): random
+    codes in [-127, 127]; at the largest K one row of 127 against one of 127, a sum past 2**24 (float32's
+    exact range, which the float-output kernels check)."""
+    gen = torch.Generator().manual_seed(2208_07339)
+    cases = []
+    for i, K in enumerate(SHAPE_CASES_K):
+        M, N = SHAPE_CASES_MN[i % len(SHAPE_CASES_MN)]
+        A = torch.randint(-127, 128, (M, K), generator=gen, dtype=torch.int8)
+        W = torch.randint(-127, 128, (N, K), generator=gen, dtype=torch.int8)
+        if K == SHAPE_CASES_K[-1]:
+            A[0], W[0] = 127, 127  # C[0, 0] = 127 * 127 * 4099 > 2**24
+        cases.append((A, W))
+    return cases
+
+
+def _self_test_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(A (M, K), W (N, K))`` int8: the saturating codes, then every shape of ``_shape_cases``. (Sums
+    past int32 are the business of ``accumulate.py``, tested per kernel in the suite: a runtime case
+    would cost a second per process.)"""
+    return _saturation_cases() + _shape_cases()
 
 
 def run_kernel(kernel: str, A_i8: torch.Tensor, W_i8: torch.Tensor) -> torch.Tensor:
@@ -87,9 +119,11 @@ def _self_test(kernel: str) -> bool:
                 logger.info("CPU int8 kernel %s saturates on this CPU (no VNNI/AMX); not using it", kernel)
             else:
                 logger.warning(
-                    "CPU int8 kernel %s returned wrong integers on its self-test (K=%d); not using it",
+                    "CPU int8 kernel %s returned wrong integers on its self-test (M=%d, K=%d, N=%d); not using it",
                     kernel,
+                    A.shape[0],
                     A.shape[1],
+                    W.shape[0],
                 )
             return False
     return True
