@@ -37,7 +37,7 @@ import torch
 from ..primitives import ACTIVATION_QUANTIZERS
 from . import forward_cuda, mm
 from .choice import cpu as cpu_choice
-from .kernels import bf16, codes_gemm, cpu_gemm, epilogue, weight_only
+from .kernels import bf16, codes_gemm, cpu_gemm, epilogue, probes, weight_only
 from .kernels.quantize import quantize_activations, quantize_activations_zeropoint, quantize_into
 from .mm import int8_mm_float
 from .prepack import PackedWeight, PackedWeightCache
@@ -141,6 +141,10 @@ def _forward_cpu(
         C = codes_gemm.pairs_main_product(A, layout)  # (M + 2, N); the sparse fix is added by finish
     elif layout is not None:
         C = cpu_gemm.int8_mm_float(A, W_i8, layout)
+    elif kernel == probes.INT_MM:
+        C = cpu_gemm.int_mm(A, W_i8)  # (M, N) int32, read as it is by the epilogue
+        if C.dtype != torch.int32:  # int64 past int32's reach (K > 131,071): float32(C), rounded once
+            C = C.float()
     else:
         C = int8_mm_float(A, W_i8, packed=packed)  # torch._int_mm or the reference
     products = []

@@ -25,8 +25,9 @@ def prepack_int8_weight(weight_int8: torch.Tensor) -> PackedWeight | None:
     """The layout the current backend wants for this (N, K) int8 weight, or ``None`` if it reads it as is."""
     if weight_int8.device.type == "cpu":
         backend = admission.fixed_kernel()
-        # the fixed order's kernel; a measured choice of another one is packed on first use (for_kernel)
-        if backend in cpu_gemm.KERNELS:
+        # the fixed order's kernel; a measured choice of another one is packed on first use (for_kernel).
+        # INT_MM's layout holds no copy of the weight, but keeps those layouts and the outlier columns
+        if backend in (*cpu_gemm.KERNELS, cpu_gemm.INT_MM):
             return cpu_gemm.prepack(weight_int8, backend)
     return None
 

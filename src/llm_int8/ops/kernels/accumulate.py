@@ -39,6 +39,8 @@ def sum_over_k_chunks(
 
     ``product(A_block, W_block)``: (M, k) x (N, k) int8 -> (M, N) exact int32 for ``k <= K_CHUNK``.
     """
+    if A_i8.shape[1] <= K_CHUNK:  # one call: its int32 as it is (no int64 round trip, no range pass)
+        return product(A_i8, W_i8)
     C = None
     for k0 in range(0, A_i8.shape[1], K_CHUNK):
         part = product(A_i8[:, k0 : k0 + K_CHUNK], W_i8[:, k0 : k0 + K_CHUNK])  # (M, N) int32, cannot wrap

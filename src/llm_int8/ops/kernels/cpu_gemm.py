@@ -72,6 +72,7 @@ from .accumulate import K_CHUNK, sum_over_k_chunks
 __all__ = [
     "FBGEMM",
     "FBGEMM_PAIRS",
+    "INT_MM",
     "INT_MM_MIN_K",
     "KERNELS",
     "PAIRS_MAX_FIX_DENSITY",
@@ -89,8 +90,11 @@ FBGEMM = "fbgemm"
 FBGEMM_PAIRS = "fbgemm_pairs"
 ONEDNN = "onednn"
 ONEDNN_S8 = "onednn_s8"
+INT_MM = "int_mm"
 KERNELS = (ONEDNN_S8, FBGEMM_PAIRS, FBGEMM, ONEDNN)
-"""The packed CPU kernels of this file, in the fixed order used when nothing is measured."""
+"""The packed CPU kernels of this file, in the fixed order used when nothing is measured. ``INT_MM``
+(``torch._int_mm``) reads the weight as it is: its layout (``prepack(W, INT_MM)``) holds no copy, only
+what is derived once per weight (the exactness bound, the other kernels' layouts, the outlier columns)."""
 
 PAIRS_MAX_FIX_DENSITY = 0.02
 """Above this share of nonzeros in ``W_fix``, ``FBGEMM_PAIRS`` loses to the split kernels (see the module doc)."""
@@ -109,8 +113,8 @@ class CpuInt8Weight:
     (``packed`` is then ``None``).
     """
 
-    kernel: str  # one of KERNELS
-    packed: object  # fbgemm: LinearPackedParamsBase; oneDNN: an opaque mkldnn tensor
+    kernel: str  # one of KERNELS, or INT_MM
+    packed: object  # fbgemm: LinearPackedParamsBase; oneDNN: an opaque mkldnn tensor; INT_MM: None
     out_features: int
     in_features: int
     always_exact: bool
@@ -168,22 +172,29 @@ def pair_bounded(W_i8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return W_safe.to(torch.int8), W_i8.to(torch.int16) - W_safe
 
 
+def _always_exact(W_i8: torch.Tensor) -> bool:
+    """``127 * max_n ||W_n||_1 < 2**24``: the norm widened first (|-128| overflows int8), in row blocks
+    to bound the temporary."""
+    l1_max = max(
+        (rows.to(torch.int16).abs_().sum(dim=1, dtype=torch.int64).max().item() for rows in W_i8.split(4096)), default=0
+    )
+    return INT8_MAX * l1_max < _F32_EXACT_INT
+
+
 def prepack(W_i8: torch.Tensor, kernel: str) -> CpuInt8Weight:
     """Reorder the (N, K) int8 weight for ``kernel`` (a copy of N*K bytes)."""
     if W_i8.device.type != "cpu":
         raise ValueError(f"CPU kernels pack CPU weights, got one on {W_i8.device}")
     N, K = W_i8.shape
+    if kernel == INT_MM:  # no copy: int_mm blocks K itself
+        return CpuInt8Weight(INT_MM, None, N, K, _always_exact(W_i8))
     if K > K_CHUNK:  # no call may sum over more than K_CHUNK inputs: one layout per block of columns
         chunks = tuple(prepack(W_i8[:, k0 : k0 + K_CHUNK], kernel) for k0 in range(0, K, K_CHUNK))
         exact = all(c.always_exact for c in chunks)
         density = sum(c.fix_density * c.in_features for c in chunks) / K
         return CpuInt8Weight(kernel, None, N, K, exact, chunks=chunks, fix_density=density)
     W_i8 = W_i8.contiguous()
-    # max_n ||W_n||_1, widened first (|-128| overflows int8), in row blocks to bound the temporary
-    l1_max = max(
-        (rows.to(torch.int16).abs_().sum(dim=1, dtype=torch.int64).max().item() for rows in W_i8.split(4096)), default=0
-    )
-    always_exact = INT8_MAX * l1_max < _F32_EXACT_INT
+    always_exact = _always_exact(W_i8)
     if kernel == FBGEMM:
         return CpuInt8Weight(FBGEMM, _prepack_fbgemm(W_i8), N, K, always_exact)
     if kernel == FBGEMM_PAIRS:
@@ -202,7 +213,7 @@ def prepack(W_i8: torch.Tensor, kernel: str) -> CpuInt8Weight:
         packed = torch.ops.onednn.qlinear_prepack(W_i8, None)  # None: one layout for any number of rows
         ones, zeros = torch.ones(N, dtype=torch.float32), torch.zeros(N, dtype=torch.int64)
         return CpuInt8Weight(kernel, packed, N, K, always_exact, ones, zeros)
-    raise ValueError(f"unknown CPU int8 kernel {kernel!r}; expected one of {KERNELS}")
+    raise ValueError(f"unknown CPU int8 kernel {kernel!r}; expected one of {(*KERNELS, INT_MM)}")
 
 
 def _gemm_fbgemm(A_codes: torch.Tensor, weight: CpuInt8Weight) -> torch.Tensor:
@@ -293,6 +304,9 @@ def int8_mm_float(A_codes: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weig
     ``W_i8``: (N, K) int8; ``weight = prepack(W_i8, kernel)``. Returns (M, N) float32, equal to
     the exact integer product cast once.
     """
+    if weight.kernel == INT_MM:
+        _check_layout(W_i8, weight)
+        return int_mm(A_codes.to(torch.int8), W_i8).float()  # the exact sum, rounded once
     if weight.chunks:
         return _chunked_product(A_codes.to(torch.int8), W_i8, weight).float()  # the exact sum, rounded once
     if weight.kernel == ONEDNN_S8:
@@ -318,6 +332,9 @@ def int8_mm_float(A_codes: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weig
 def int8_mm_integer(A_i8: torch.Tensor, W_i8: torch.Tensor, weight: CpuInt8Weight) -> torch.Tensor:
     """``A_i8 W_i8^T``: (M, K) x (N, K) int8 -> (M, N) exact, int32 where every sum fits, else int64.
     Codes must avoid -128 for the sign-split kernels (``ONEDNN_S8`` and ``FBGEMM_PAIRS`` take them too)."""
+    if weight.kernel == INT_MM:
+        _check_layout(W_i8, weight)
+        return int_mm(A_i8, W_i8)
     if weight.chunks:
         return _chunked_product(A_i8, W_i8, weight)
     return _int32_product(A_i8, W_i8, weight)

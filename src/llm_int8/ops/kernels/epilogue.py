@@ -186,7 +186,8 @@ def finish(
 
     ``out = ((C + codes W_fix^T - zp_x ⊗ r_w) ⊙ s_w ⊙ s_x + Σ A B^T + bias)``, with
     ``C`` (>= M, N) float32 holding integers (its first M rows are read: the GEMM's output may carry
-    sentinel rows below); ``fix``: ``FBGEMM_PAIRS``' ``W_fix`` (N, K) sparse CSR float32 (exact
+    sentinel rows below), or int32 as ``torch._int_mm`` writes it (converted in the pass, as ``.float()``
+    rounds; not with ``fix``); ``fix``: ``FBGEMM_PAIRS``' ``W_fix`` (N, K) sparse CSR float32 (exact
     integers), with the float32 ``codes`` (>= M, K) it multiplies; ``products``: ``(A, B)`` pairs,
     (M, j) and (N, j) float32, added in order (the outlier product, then the float columns).
     ``C`` is consumed: where the extension is not built, the steps run in place on it.
@@ -205,7 +206,7 @@ def finish(
         return _finish_native(
             ops, C, s_w, s_x, zp_x, row_sums, fix, codes, products, bias, out_dtype, inline_products, inexact
         )
-    C = C[:M]
+    C = C[:M] if C.dtype == torch.float32 else C[:M].float()  # int32 from torch._int_mm: rounded once, as the pass does
     if fix is not None:  # exact integers: the sum is float32(C_i32) where C is (below 2**24)
         if inexact is not None and bool((C.abs() >= _F32_EXACT_INT).any()):
             inexact.fill_(1)

@@ -48,7 +48,7 @@ ONEDNN = cpu_gemm.ONEDNN
 """oneDNN's u8 x s8 GEMM behind ``onednn::qlinear_pointwise``, same split; slow below ~32 rows."""
 ONEDNN_S8 = cpu_gemm.ONEDNN_S8
 """oneDNN's s8 x s8 GEMM on the codes as they are, no split: exact only with VNNI or AMX (int32 sums)."""
-INT_MM = "int_mm"
+INT_MM = cpu_gemm.INT_MM
 """``torch._int_mm``: exact, but a generic loop on CPU (seconds for 512x4096x4096 on AVX2)."""
 REFERENCE = "reference"
 """``int8_matmul_reference``: float64 GEMM, exact for any K below 5e11."""

@@ -317,7 +317,8 @@ struct Product {
 };
 
 struct Epilogue {
-  const float* C;      // (M, N) float32(X_i8 W_safe^T) or float32(C_i32)
+  const float* C;      // (M, N) float32(X_i8 W_safe^T) or float32(C_i32); null when Ci is given
+  const int32_t* Ci;   // (M, N) C_i32 as the GEMM wrote it (torch._int_mm), converted here as .float() would
   const float* zp;     // (M,) or null
   const float* r;      // (N,) weight row sums, with zp
   const float* s_w;    // (N,)
@@ -337,8 +338,10 @@ inline float product_scalar(const Product& p, int64_t N, int64_t m, int64_t n) {
 
 // today's sequence, element by element: C + fix (both integers, exact), - zp r (addr_: the exact
 // value rounded once), * s_w, * s_x, + outlier product, + float-column product, + bias
+inline float c_scalar(const Epilogue& e, int64_t i) { return e.Ci ? static_cast<float>(e.Ci[i]) : e.C[i]; }
+
 inline float finish_scalar(const Epilogue& e, int64_t m, int64_t n, float fix) {
-  float t = e.C[m * e.N + n] + fix;
+  float t = c_scalar(e, m * e.N + n) + fix;
   if (e.zp) t = std::fma(-e.zp[m], e.r[n], t);
   t = t * e.s_w[n];
   t = t * e.s_x[m];
@@ -357,8 +360,14 @@ inline __m256 product8(const Product& p, int64_t N, int64_t m, int64_t n) {
   return s;
 }
 
+// int32 -> float32 rounds to nearest even, as the scalar conversion (and torch's .float()) does
+inline __m256 c8(const Epilogue& e, int64_t i) {
+  if (e.Ci) return _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.Ci + i)));
+  return _mm256_loadu_ps(e.C + i);
+}
+
 inline __m256 finish8(const Epilogue& e, int64_t m, int64_t n, __m256 fix) {
-  __m256 t = _mm256_add_ps(_mm256_loadu_ps(e.C + m * e.N + n), fix);
+  __m256 t = _mm256_add_ps(c8(e, m * e.N + n), fix);
   if (e.zp) t = _mm256_fmadd_ps(_mm256_set1_ps(-e.zp[m]), _mm256_loadu_ps(e.r + n), t);
   t = _mm256_mul_ps(t, _mm256_loadu_ps(e.s_w + n));
   t = _mm256_mul_ps(t, _mm256_set1_ps(e.s_x[m]));
@@ -606,10 +615,12 @@ at::Tensor epilogue(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor
                     at::TensorList products, bool factors, const c10::optional<at::Tensor>& bias,
                     at::ScalarType out_dtype, const c10::optional<at::Tensor>& inexact) {
   const int64_t M = s_x.numel(), N = s_w.numel();
-  TORCH_CHECK(C.dim() == 2 && C.scalar_type() == at::kFloat && C.is_contiguous() && C.size(0) >= M && C.size(1) == N,
-              "epilogue: C must be a contiguous float32 (>= M, N) tensor");
+  const bool c_int32 = C.scalar_type() == at::kInt;
+  TORCH_CHECK(C.dim() == 2 && (C.scalar_type() == at::kFloat || c_int32) && C.is_contiguous() && C.size(0) >= M &&
+                  C.size(1) == N,
+              "epilogue: C must be a contiguous float32 or int32 (>= M, N) tensor");
   TORCH_CHECK(products.size() <= (factors ? 4u : 2u), "epilogue: at most two products (outliers, float columns)");
-  Epilogue e{C.data_ptr<float>(), optional_ptr(zp, M, "zp"), optional_ptr(row_sums, N, "row_sums"),
+  Epilogue e{c_int32 ? nullptr : C.data_ptr<float>(), c_int32 ? C.data_ptr<int32_t>() : nullptr, optional_ptr(zp, M, "zp"), optional_ptr(row_sums, N, "row_sums"),
              optional_ptr(s_w, N, "s_w"), optional_ptr(s_x, M, "s_x"),
              {product_at(products, factors, 0, M, N), product_at(products, factors, 1, M, N)},
              optional_ptr(bias, N, "bias"), N};
@@ -618,6 +629,7 @@ at::Tensor epilogue(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor
   std::atomic<int> reached{0};
   SparseFix f{nullptr, nullptr, nullptr, nullptr, 0, nullptr};
   if (with_fix) {
+    TORCH_CHECK(!c_int32, "epilogue: the fix adds to fbgemm's float32 output, not to int32");
     TORCH_CHECK(codes.has_value() && fix_col.has_value() && fix_val.has_value(), "epilogue: the fix needs its CSR and the codes");
     TORCH_CHECK(codes->scalar_type() == at::kFloat && codes->is_contiguous() && codes->dim() == 2 && codes->size(0) >= M,
                 "epilogue: codes must be contiguous float32 (>= M, K)");
