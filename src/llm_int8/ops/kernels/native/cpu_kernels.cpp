@@ -33,6 +33,11 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define LLM_INT8_AVX2 1
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// 16 lanes where the compiler targets AVX-512 (F + BW): the same operations per element as the
+// 8-lane loops (which then take the remainders), so the same bits, at half the instructions
+#define LLM_INT8_AVX512 1
+#endif
 #endif
 
 namespace {
@@ -99,17 +104,69 @@ inline void store8(__m256 v, int8_t* p) {  // v: integers in [-127, 127]
 inline __m256 round_half_even(__m256 v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 #endif
 
+#ifdef LLM_INT8_AVX512
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline void store16(__m512 v, float* p) { _mm512_storeu_ps(p, v); }
+inline void store16(__m512 v, c10::BFloat16* p) {  // as store8: c10's round to nearest even, NaN -> 0x7fc0
+  __m512i bits = _mm512_castps_si512(v);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  rounded = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), _mm512_set1_epi32(0x7fc0), rounded);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(rounded));  // each lane < 2**16
+}
+inline void store16(__m512 v, c10::Half* p) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+inline void store16(__m512 v, int8_t* p) {  // v: integers in [-127, 127]
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+}
+inline __m512 abs16(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff))); }
+inline __m512 andnot16(__m512 mask, __m512 v) {
+  return _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_castps_si512(mask), _mm512_castps_si512(v)));
+}
+#endif
+
 // ---- steps 1-2: outlier dims, row ranges, codes -------------------------------------------------
 
 // max |X[:, k]| per column, NaN where the column holds one (as X.amax(0) / X.amin(0) propagate it).
 // Threads split the columns, so each owns its slice over all rows and nothing is merged.
+#ifdef LLM_INT8_AVX512
+// Columns [k, k + 64) over all rows, the maxima in four registers (stored once, not per row); a NaN
+// is remembered in a lane mask, since max drops a NaN operand.
+template <typename T>
+void column_absmax_block64(const T* X, int64_t M, int64_t K, int64_t k, float* amax) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __mmask16 nan[4] = {0, 0, 0, 0};
+  for (int64_t m = 0; m < M; ++m) {
+    const T* row = X + m * K + k;
+    for (int i = 0; i < 4; ++i) {
+      __m512 a = abs16(load16(row + 16 * i));
+      nan[i] |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+      acc[i] = _mm512_max_ps(acc[i], a);
+    }
+  }
+  for (int i = 0; i < 4; ++i) _mm512_storeu_ps(amax + k + 16 * i, _mm512_mask_blend_ps(nan[i], acc[i], _mm512_set1_ps(NAN)));
+}
+#endif
+
 template <typename T>
 void column_absmax(const T* X, int64_t M, int64_t K, float* amax) {
   at::parallel_for(0, K, 512, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) amax[k] = 0.0f;
-    for (int64_t m = 0; m < M; ++m) {
+    int64_t kb = k0;
+#ifdef LLM_INT8_AVX512
+    for (; kb + 64 <= k1; kb += 64) column_absmax_block64(X, M, K, kb, amax);
+#endif
+    for (int64_t k = kb; k < k1; ++k) amax[k] = 0.0f;
+    for (int64_t m = 0; m < M && kb < k1; ++m) {
       const T* row = X + m * K;
-      int64_t k = k0;
+      int64_t k = kb;
 #ifdef LLM_INT8_AVX2
       const __m256 sign = _mm256_set1_ps(-0.0f);
       for (; k + 8 <= k1; k += 8) {
@@ -179,11 +236,23 @@ inline float code_scalar(float v, const RowParams& p) {
 
 // One row: its range over the regular columns (float columns read as 0, as X_regular holds them:
 // 0 is inside every range the quantizers use, so it changes nothing), then its codes.
-template <typename T, typename C>
+// ``Masked``: some columns are computed in float (O or static); without, the 16-lane loops skip the mask.
+template <bool Masked, typename T, typename C>
 void quantize_row(const T* x, int64_t K, const float* float_mask, bool zeropoint, C* out, float* s_x, float* zp) {
   float hi = -std::numeric_limits<float>::infinity();
   float lo = std::numeric_limits<float>::infinity();
   int64_t k = 0;
+#ifdef LLM_INT8_AVX512
+  __m512 whi = _mm512_set1_ps(hi), wlo = _mm512_set1_ps(lo);
+  for (; k + 16 <= K; k += 16) {
+    __m512 v = load16(x + k);
+    if constexpr (Masked) v = andnot16(_mm512_loadu_ps(float_mask + k), v);
+    whi = _mm512_max_ps(whi, v);
+    wlo = _mm512_min_ps(wlo, v);
+  }
+  hi = _mm512_reduce_max_ps(whi);  // max and min are exact in any order; no NaN reaches here (O holds them)
+  lo = _mm512_reduce_min_ps(wlo);
+#endif
 #ifdef LLM_INT8_AVX2
   __m256 vhi = _mm256_set1_ps(hi), vlo = _mm256_set1_ps(lo);
   for (; k + 8 <= K; k += 8) {
@@ -206,6 +275,24 @@ void quantize_row(const T* x, int64_t K, const float* float_mask, bool zeropoint
   }
   const RowParams p = row_params(hi, lo, zeropoint, s_x, zp);
   k = 0;
+#ifdef LLM_INT8_AVX512
+  {
+    const __m512 mul = _mm512_set1_ps(p.scale_mul), zpv = _mm512_set1_ps(p.zp), amax = _mm512_set1_ps(p.absmax);
+    const __m512 cmax = _mm512_set1_ps(kInt8Max), cmin = _mm512_set1_ps(-kInt8Max);
+    for (; k + 16 <= K; k += 16) {
+      __m512 v = load16(x + k);
+      if constexpr (Masked) v = andnot16(_mm512_loadu_ps(float_mask + k), v);
+      __m512 t;
+      if (p.zeropoint) {
+        t = _mm512_add_ps(_mm512_mul_ps(v, mul), zpv);
+      } else {
+        t = p.tiny ? _mm512_mul_ps(_mm512_div_ps(v, amax), cmax) : _mm512_mul_ps(v, mul);
+      }
+      t = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      store16(_mm512_min_ps(_mm512_max_ps(t, cmin), cmax), out + k);
+    }
+  }
+#endif
 #ifdef LLM_INT8_AVX2
   const __m256 mul = _mm256_set1_ps(p.scale_mul), zpv = _mm256_set1_ps(p.zp), amax = _mm256_set1_ps(p.absmax);
   const __m256 cmax = _mm256_set1_ps(kInt8Max), cmin = _mm256_set1_ps(-kInt8Max), c127 = _mm256_set1_ps(kInt8Max);
@@ -228,12 +315,17 @@ void quantize_row(const T* x, int64_t K, const float* float_mask, bool zeropoint
 }
 
 template <typename T, typename C>
-void quantize_all_rows(const T* X, int64_t M, int64_t K, const float* mask, bool zeropoint, C* out, float* s_x,
-                       float* zp) {
+void quantize_all_rows(const T* X, int64_t M, int64_t K, const float* mask, bool masked, bool zeropoint, C* out,
+                       float* s_x, float* zp) {
   at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
     float unused = 0.0f;
     for (int64_t m = m0; m < m1; ++m) {
-      quantize_row(X + m * K, K, mask, zeropoint, out + m * K, s_x + m, zeropoint ? zp + m : &unused);
+      float* zp_m = zeropoint ? zp + m : &unused;
+      if (masked) {
+        quantize_row<true>(X + m * K, K, mask, zeropoint, out + m * K, s_x + m, zp_m);
+      } else {
+        quantize_row<false>(X + m * K, K, mask, zeropoint, out + m * K, s_x + m, zp_m);
+      }
     }
   });
 }
@@ -286,15 +378,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& X
       mask[k] = all_ones;
     }
   }
+  const bool masked = !outliers.empty() || (static_idx.has_value() && static_idx->numel() > 0);
   at::Tensor s_x = at::empty({M}, X.options().dtype(at::kFloat));
   at::Tensor zp = at::empty({zeropoint ? M : 0}, X.options().dtype(at::kFloat));
   dispatch_float(X.scalar_type(), "quantize_rows", [&](auto tag) {
     using T = decltype(tag);
     if (codes.scalar_type() == at::kFloat) {
-      quantize_all_rows(X.data_ptr<T>(), M, K, mask.data(), zeropoint, codes.data_ptr<float>(), s_x.data_ptr<float>(),
+      quantize_all_rows(X.data_ptr<T>(), M, K, mask.data(), masked, zeropoint, codes.data_ptr<float>(), s_x.data_ptr<float>(),
                         zp.data_ptr<float>());
     } else {
-      quantize_all_rows(X.data_ptr<T>(), M, K, mask.data(), zeropoint, codes.data_ptr<int8_t>(), s_x.data_ptr<float>(),
+      quantize_all_rows(X.data_ptr<T>(), M, K, mask.data(), masked, zeropoint, codes.data_ptr<int8_t>(), s_x.data_ptr<float>(),
                         zp.data_ptr<float>());
     }
   });
@@ -377,6 +470,32 @@ inline __m256 finish8(const Epilogue& e, int64_t m, int64_t n, __m256 fix) {
   return t;
 }
 
+#ifdef LLM_INT8_AVX512
+inline __m512 c16(const Epilogue& e, int64_t i) {
+  if (e.Ci) return _mm512_cvtepi32_ps(_mm512_loadu_si512(e.Ci + i));
+  return _mm512_loadu_ps(e.C + i);
+}
+
+inline __m512 product16(const Product& p, int64_t N, int64_t m, int64_t n) {
+  if (p.sum) return _mm512_loadu_ps(p.sum + m * N + n);
+  const float* a = p.a + m * p.j;
+  __m512 s = _mm512_mul_ps(_mm512_set1_ps(a[0]), _mm512_loadu_ps(p.bt + n));
+  for (int64_t o = 1; o < p.j; ++o) s = _mm512_fmadd_ps(_mm512_set1_ps(a[o]), _mm512_loadu_ps(p.bt + o * N + n), s);
+  return s;
+}
+
+inline __m512 finish16(const Epilogue& e, int64_t m, int64_t n) {
+  __m512 t = _mm512_add_ps(c16(e, m * e.N + n), _mm512_setzero_ps());  // + a fix of 0, as finish8 adds it
+  if (e.zp) t = _mm512_fmadd_ps(_mm512_set1_ps(-e.zp[m]), _mm512_loadu_ps(e.r + n), t);
+  t = _mm512_mul_ps(t, _mm512_loadu_ps(e.s_w + n));
+  t = _mm512_mul_ps(t, _mm512_set1_ps(e.s_x[m]));
+  for (const Product& p : e.p)
+    if (p.sum || p.a) t = _mm512_add_ps(t, product16(p, e.N, m, n));
+  if (e.bias) t = _mm512_add_ps(t, _mm512_loadu_ps(e.bias + n));
+  return t;
+}
+#endif
+
 inline void transpose8(__m256 r[8]) {
   __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
   __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
@@ -401,6 +520,9 @@ template <typename O>
 void finish_rows(const Epilogue& e, int64_t m0, int64_t m1, O* out) {
   for (int64_t m = m0; m < m1; ++m) {
     int64_t n = 0;
+#ifdef LLM_INT8_AVX512
+    for (; n + 16 <= e.N; n += 16) store16(finish16(e, m, n), out + m * e.N + n);
+#endif
 #ifdef LLM_INT8_AVX2
     for (; n + 8 <= e.N; n += 8) store8(finish8(e, m, n, _mm256_setzero_ps()), out + m * e.N + n);
 #endif
