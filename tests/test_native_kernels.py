@@ -409,3 +409,28 @@ def test_a_converted_bf16_model_stays_bf16_outside_the_int8_layers():
     with torch.no_grad():
         logits = model(torch.randint(0, 100, (1, 12))).logits
     assert logits.dtype == torch.bfloat16 and outputs and all(o.dtype == torch.bfloat16 for o in outputs)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (7, 13), (70, 64), (9, 200), (33, 47)], ids=str)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("with_zp", [True, False])
+@pytest.mark.parametrize("n_products", [0, 1, 2])
+@pytest.mark.parametrize("with_native", [True, False], ids=["native", "fallback"])
+def test_finish_reads_int32_as_float_does(monkeypatch, shape, out_dtype, with_zp, n_products, with_native):
+    """``torch._int_mm``'s int32 output handed to ``finish`` as it is: the same bits as ``C.float()`` handed
+    to it, with values past 2**24 (rounded once either way), in the 16-lane, 8-lane and scalar loops."""
+    if with_native and native.ops() is None:
+        pytest.skip(f"the C++ extension is not built here: {native.reason()}")
+    if not with_native:
+        monkeypatch.setattr(native, "ops", lambda: None)
+    M, N = shape
+    gen = torch.Generator().manual_seed(M * N)
+    C = torch.randint(-(2**26), 2**26, (M, N), generator=gen, dtype=torch.int32)
+    s_w, s_x = torch.rand(N, generator=gen) / 100, torch.rand(M, generator=gen)
+    zp = torch.randint(-127, 128, (M,), generator=gen).float() if with_zp else None
+    r = torch.randint(-3000, 3000, (N,), generator=gen).float() if with_zp else None
+    products = tuple((torch.randn(M, j, generator=gen), torch.randn(N, j, generator=gen)) for j in (3, 1)[:n_products])
+    bias = torch.randn(N, generator=gen)
+    args = dict(products=products, bias=bias, out_dtype=out_dtype)
+    want = epilogue.finish(C.float(), s_w, s_x, zp, r, **args)
+    assert torch.equal(epilogue.finish(C, s_w, s_x, zp, r, **args), want)
