@@ -7,10 +7,12 @@ values always), then each row of ``X`` without ``O`` is quantized with its own s
 of ``llm_int8.primitives`` (``outlier_columns``, ``rowwise_quantize``, ``zeropoint_quantize``), which
 are their oracle; the GPU version is ``triton/quantize.py``.
 
-``quantize_into`` is the same computation in one C++ pass per row (``native/cpu_kernels.cpp``):
-``X`` is read once for the column maxima that define ``O`` (they need every row), then once per
-row for its range and its codes (the row is still in L1 for the second look), and the codes are
-written straight into the buffer the GEMM reads, float32 or int8. Its output equals the functions
+``quantize_into`` is the same computation in C++ (``native/cpu_kernels.cpp``), the codes written
+straight into the buffer the GEMM reads, float32 or int8. Where it is built for AVX-512, ``X`` is read
+once from memory: each row's first look finds its outlier entries (their columns join ``O``) and its
+range over the other columns, the second look (the row still in L1) writes its codes, and the few rows
+coded before a column of ``O`` was known are done again. Elsewhere (AVX2) ``X`` is read once for the
+column maxima that define ``O``, then once per row for its range and its codes. Its output equals the functions
 below bit for bit (tests/test_native_kernels.py); they are its reference and, where the extension
 is not built, what runs instead.
 """

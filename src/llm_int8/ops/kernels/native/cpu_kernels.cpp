@@ -21,7 +21,9 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -330,6 +332,185 @@ void quantize_all_rows(const T* X, int64_t M, int64_t K, const float* mask, bool
   });
 }
 
+#ifdef LLM_INT8_AVX512
+// ---- steps 1-2 reading X once (AVX-512) --------------------------------------------------------
+//
+// The column rule needs every row before any row's range is known: O = the columns where some
+// |x| >= t. The two-pass route reads X once for the column maxima and again per row. Here each row
+// is read once from memory: one look finds its entries with !(|x| < t) (NaN too), adds their columns
+// to the columns this thread knows to be in O, and takes the row's range over the other columns;
+// a second look, while the row is in L1, writes its codes. Entries in columns of O found only later
+// (by a later row, or another thread) were quantized as regular values: such rows are done again
+// with the final O, which on real activations is a handful of rows at the start of each thread's
+// share (outlier dims are features of the model, in most tokens). The range over the kept entries is
+// the range of X_regular's row (0 added where any column is masked, as X_regular holds 0 there), so
+// the bits equal the two-pass route's.
+
+struct Columns {  // the columns computed in float: one bit per column, 16 to a word
+  std::vector<uint16_t> bits;
+  int64_t count = 0;
+  explicit Columns(int64_t K) : bits((K + 15) / 16, 0) {}
+  bool has(int64_t k) const { return (bits[k >> 4] >> (k & 15)) & 1u; }
+  void add(int64_t k) {
+    bits[k >> 4] |= static_cast<uint16_t>(1u << (k & 15));
+    ++count;
+  }
+};
+
+// The row's range over the columns not in ``cols``, finding (if ``t`` is given) the entries with
+// !(|x| < t) in columns not yet in it, which join it (and ``found``).
+template <typename T>
+void scan_row(const T* x, int64_t K, const float* t, Columns& cols, std::vector<int64_t>* found, float* hi, float* lo) {
+  __m512 whi = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 wlo = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  const __m512 tv = _mm512_set1_ps(t ? *t : 0.0f);
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 v = load16(x + k);
+    __mmask16 known = cols.bits[k >> 4];
+    if (t) {
+      const __mmask16 fresh = static_cast<__mmask16>(~_mm512_cmp_ps_mask(abs16(v), tv, _CMP_LT_OQ) & ~known);
+      if (fresh) {
+        for (int j = 0; j < 16; ++j)
+          if ((fresh >> j) & 1) {
+            cols.add(k + j);
+            found->push_back(k + j);
+          }
+        known = cols.bits[k >> 4];
+      }
+    }
+    const __mmask16 keep = static_cast<__mmask16>(~known);
+    whi = _mm512_mask_max_ps(whi, keep, whi, v);
+    wlo = _mm512_mask_min_ps(wlo, keep, wlo, v);
+  }
+  float h = _mm512_reduce_max_ps(whi), l = _mm512_reduce_min_ps(wlo);  // exact in any order, no NaN
+  for (; k < K; ++k) {
+    const float v = to_f32(x[k]);
+    if (t && !cols.has(k) && !(std::fabs(v) < *t)) {
+      cols.add(k);
+      found->push_back(k);
+    }
+    if (!cols.has(k)) {
+      h = std::max(h, v);
+      l = std::min(l, v);
+    }
+  }
+  if (cols.count > 0) {  // X_regular holds 0 in the masked columns
+    h = std::max(h, 0.0f);
+    l = std::min(l, 0.0f);
+  }
+  *hi = h;
+  *lo = l;
+}
+
+// The row's codes, masked columns as 0 (their code is then the zero point, or 0).
+template <typename T, typename C>
+void code_row(const T* x, int64_t K, const Columns& cols, const RowParams& p, C* out) {
+  const __m512 mul = _mm512_set1_ps(p.scale_mul), zpv = _mm512_set1_ps(p.zp), amax = _mm512_set1_ps(p.absmax);
+  const __m512 cmax = _mm512_set1_ps(kInt8Max), cmin = _mm512_set1_ps(-kInt8Max);
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 v = _mm512_maskz_mov_ps(static_cast<__mmask16>(~cols.bits[k >> 4]), load16(x + k));
+    __m512 t;
+    if (p.zeropoint) {
+      t = _mm512_add_ps(_mm512_mul_ps(v, mul), zpv);
+    } else {
+      t = p.tiny ? _mm512_mul_ps(_mm512_div_ps(v, amax), cmax) : _mm512_mul_ps(v, mul);
+    }
+    t = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    store16(_mm512_min_ps(_mm512_max_ps(t, cmin), cmax), out + k);
+  }
+  for (; k < K; ++k) store_scalar(code_scalar(cols.has(k) ? 0.0f : to_f32(x[k]), p), out + k);
+}
+
+struct RowsDone {  // what one thread's share of the rows was quantized with
+  int64_t m0, m1;
+  std::vector<int64_t> count;  // per row: the columns masked when it was coded
+};
+
+// Quantizes every row; returns the sorted indices of O. ``base``: the static columns.
+template <typename T, typename C>
+std::vector<int64_t> quantize_once(const T* X, int64_t M, int64_t K, float t, const Columns& base, bool zeropoint,
+                                   C* out, float* s_x, float* zp) {
+  std::mutex lock;
+  std::vector<int64_t> outliers;
+  std::vector<RowsDone> done;
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    Columns cols = base;
+    std::vector<int64_t> found;
+    RowsDone rows{m0, m1, std::vector<int64_t>(m1 - m0)};
+    float unused = 0.0f;
+    for (int64_t m = m0; m < m1; ++m) {
+      float hi, lo;
+      scan_row(X + m * K, K, &t, cols, &found, &hi, &lo);
+      const RowParams p = row_params(hi, lo, zeropoint, s_x + m, zeropoint ? zp + m : &unused);
+      code_row(X + m * K, K, cols, p, out + m * K);
+      rows.count[m - m0] = cols.count;
+    }
+    std::lock_guard<std::mutex> guard(lock);
+    outliers.insert(outliers.end(), found.begin(), found.end());
+    done.push_back(std::move(rows));
+  });
+  std::sort(outliers.begin(), outliers.end());
+  outliers.erase(std::unique(outliers.begin(), outliers.end()), outliers.end());
+  Columns final_cols = base;
+  for (int64_t k : outliers) final_cols.add(k);
+  std::vector<int64_t> stale;  // rows coded before some column of O was known to their thread
+  for (const RowsDone& rows : done)
+    for (int64_t m = rows.m0; m < rows.m1; ++m)
+      if (rows.count[m - rows.m0] < final_cols.count) stale.push_back(m);
+  at::parallel_for(0, static_cast<int64_t>(stale.size()), 16, [&](int64_t i0, int64_t i1) {
+    Columns cols = final_cols;
+    float unused = 0.0f;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t m = stale[i];
+      float hi, lo;
+      scan_row<T>(X + m * K, K, nullptr, cols, nullptr, &hi, &lo);
+      const RowParams p = row_params(hi, lo, zeropoint, s_x + m, zeropoint ? zp + m : &unused);
+      code_row(X + m * K, K, cols, p, out + m * K);
+    }
+  });
+  return outliers;
+}
+#endif
+
+#ifdef LLM_INT8_AVX512
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_once(const at::Tensor& X, double threshold,
+                                                                  const c10::optional<at::Tensor>& static_idx,
+                                                                  bool zeropoint, at::Tensor& codes) {
+  const int64_t M = X.size(0), K = X.size(1);
+  Columns base(K);
+  if (static_idx.has_value()) {
+    const at::Tensor s = static_idx->contiguous();
+    TORCH_CHECK(s.scalar_type() == at::kLong, "quantize_rows: static_idx must be int64");
+    const int64_t* sp = s.data_ptr<int64_t>();
+    for (int64_t i = 0; i < s.numel(); ++i) {
+      TORCH_CHECK(sp[i] >= 0 && sp[i] < K, "quantize_rows: static_idx out of range");
+      if (!base.has(sp[i])) base.add(sp[i]);
+    }
+  }
+  // !(|x| < t) per entry is !(max|x| < t) per column (NaN included); threshold 0 keeps only the
+  // non-finite entries, which are the ones not below +inf
+  const float t = threshold > 0 ? static_cast<float>(threshold) : std::numeric_limits<float>::infinity();
+  at::Tensor s_x = at::empty({M}, X.options().dtype(at::kFloat));
+  at::Tensor zp = at::empty({zeropoint ? M : 0}, X.options().dtype(at::kFloat));
+  std::vector<int64_t> outliers;
+  dispatch_float(X.scalar_type(), "quantize_rows", [&](auto tag) {
+    using T = decltype(tag);
+    if (codes.scalar_type() == at::kFloat) {
+      outliers = quantize_once(X.data_ptr<T>(), M, K, t, base, zeropoint, codes.data_ptr<float>(),
+                               s_x.data_ptr<float>(), zp.data_ptr<float>());
+    } else {
+      outliers = quantize_once(X.data_ptr<T>(), M, K, t, base, zeropoint, codes.data_ptr<int8_t>(),
+                               s_x.data_ptr<float>(), zp.data_ptr<float>());
+    }
+  });
+  at::Tensor idx = at::empty({static_cast<int64_t>(outliers.size())}, X.options().dtype(at::kLong));
+  if (!outliers.empty()) std::memcpy(idx.data_ptr<int64_t>(), outliers.data(), outliers.size() * sizeof(int64_t));
+  return {s_x, zp, idx};
+}
+#endif
+
 // Returns (s_x (M,), zp (M,) or (0,), the sorted indices of O). ``codes``: (M, K) float32 or int8,
 // contiguous, written in place; or (M + 2, K) float32, whose last two rows get fbgemm's sentinels.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& X, double threshold,
@@ -348,6 +529,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& X
     sentinel[K] = kInt8Max;
   }
   TORCH_CHECK(codes.scalar_type() == at::kFloat || codes.scalar_type() == at::kChar, "quantize_rows: codes must be float32 or int8");
+#ifdef LLM_INT8_AVX512
+  return quantize_rows_once(X, threshold, static_idx, zeropoint, codes);
+#endif
   std::vector<float> amax(K);
   dispatch_float(X.scalar_type(), "quantize_rows", [&](auto tag) {
     using T = decltype(tag);
