@@ -434,3 +434,27 @@ def test_finish_reads_int32_as_float_does(monkeypatch, shape, out_dtype, with_zp
     args = dict(products=products, bias=bias, out_dtype=out_dtype)
     want = epilogue.finish(C.float(), s_w, s_x, zp, r, **args)
     assert torch.equal(epilogue.finish(C, s_w, s_x, zp, r, **args), want)
+
+
+@pytest.mark.parametrize("where", ["last_row", "middle_rows", "every_row", "first_row"])
+@pytest.mark.parametrize("activation", ["zeropoint", "absmax"])
+@pytest.mark.parametrize("codes_dtype", [torch.float32, torch.int8], ids=str)
+@pytest.mark.parametrize("static", [False, True], ids=["", "static_dims"])
+def test_quantize_into_when_outlier_columns_appear_late(ops, where, activation, codes_dtype, static):
+    """A column joins ``O`` only at a late row: every earlier row (coded before it was known, where the
+    quantizer reads X once) must end up with the codes of the column rule, as in the reference."""
+    M, K = 300, 67
+    X = torch.randn(M, K, generator=torch.Generator().manual_seed(M))  # |x| < 6: no outlier by itself
+    rows = {"last_row": [M - 1], "middle_rows": [150, 151, 299], "every_row": list(range(M)), "first_row": [0]}[where]
+    X[rows, 5] = 9.0
+    X[rows[-1], 66] = -float("inf")  # a tail column (past the last 16 lanes), non-finite
+    static_idx = torch.tensor([2, 40]) if static else None
+    codes = torch.empty(M, K, dtype=codes_dtype)
+    s_x, zp, idx = quantize_into(X, 6.0, static_idx, activation, codes)
+    if activation == "zeropoint":
+        want_codes, want_s, want_zp, want_idx = quantize_activations_zeropoint(X, 6.0, static_idx)
+        assert torch.equal(zp, want_zp)
+    else:
+        want_codes, want_s, want_idx = quantize_activations(X, 6.0, static_idx)
+    assert idx.tolist() == want_idx.tolist() == [5, 66]
+    assert torch.equal(s_x, want_s) and torch.equal(codes.float(), want_codes)
