@@ -86,3 +86,39 @@ def test_the_int32_product_goes_straight_into_the_epilogue(monkeypatch):
     with torch.no_grad():
         layer(torch.randn(M, K))
     assert seen == [torch.int32]
+
+
+def test_a_bf16_layer_materializes_no_float32_output_sized_tensor(monkeypatch):
+    """bf16 in, bf16 out on a CPU with bf16 units (the probe patched to say so, whatever runs the suite):
+    the only (M, N) tensor besides the output is the GEMM's int32; the outlier product is formed inside
+    the epilogue pass. Every aten op the forward dispatches is seen (TorchDispatchMode)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from llm_int8.ops.kernels import bf16, native
+
+    if native.ops() is None:
+        pytest.skip(f"C++ kernels not built: {native.reason()}")
+    monkeypatch.setenv(cpu_choice.BACKEND_ENV, probes.INT_MM)
+    monkeypatch.setattr(bf16, "has_native_bf16", lambda: True)
+    outputs = []
+
+    class Outputs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    outputs.append((str(func), t.dtype, t.numel()))
+            return out
+
+    layer = Int8Linear.from_linear(torch.nn.Linear(K, N), weight_only_max_tokens=0).to(torch.bfloat16)
+    X = torch.randn(M, K)
+    X[:, [3, 100, 201]] *= 15
+    X = X.bfloat16()
+    with torch.no_grad():
+        layer(X)
+        with Outputs():
+            Y = layer(X)
+    assert Y.dtype == torch.bfloat16
+    assert any(d == torch.int32 and n == M * N for _, d, n in outputs)  # the GEMM's output, as it wrote it
+    float32 = [(f, n) for f, d, n in outputs if d == torch.float32 and n >= M * N]
+    assert not float32, f"float32 tensors of (M, N) size or more: {float32}"
