@@ -134,12 +134,17 @@ def timing_arguments(
     return args
 
 
-def shape(text: str) -> tuple[int, int]:
-    """``"576x1536"`` -> ``(576, 1536)``: an (in_features K, out_features N) option value."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected KxN, two positive integers (e.g. 576x1536), got {text!r}")
-    return int(parts[0]), int(parts[1])
+def sizes(count: int) -> Callable[[str], tuple[int, ...]]:
+    """An option type: ``"576x1536"`` -> ``(576, 1536)``, ``count`` positive integers joined by ``x``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        parts = text.lower().split("x")
+        if len(parts) != count or not all(p.isdigit() and int(p) > 0 for p in parts):
+            example = "x".join(("576", "1536", "512")[:count])
+            raise argparse.ArgumentTypeError(f"expected {count} integers > 0 joined by x ({example}), got {text!r}")
+        return tuple(int(p) for p in parts)
+
+    return parse
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
