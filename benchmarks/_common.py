@@ -97,8 +97,31 @@ def run_info() -> dict[str, str]:
     return {**machine_info(), "cpu_flags": cpu_flags(), "C++ kernels": "built" if native.ops() else native.reason()}
 
 
-def timing_arguments(description: str, rounds: int, argv=None, **extra) -> argparse.Namespace:
-    """``--out --threads --clock --rounds`` and ``extra`` (name: add_argument kwargs), parsed; sets torch's threads."""
+def smoke_arguments(parser: argparse.ArgumentParser, argv=None, **smoke) -> argparse.Namespace:
+    """``parser``'s arguments with ``--smoke`` added: it makes ``smoke`` (dest: value) the defaults.
+
+    A smoke run is the benchmark's own code on its smallest shape, one round, in seconds, so that the
+    suite (``tests/test_benchmarks.py``) notices when a script stops working. Options given on the
+    command line still win over the smoke values. Its numbers measure nothing.
+    """
+    parser.add_argument(
+        "--smoke", action="store_true", help="the same code on the smallest shape, one round (a check that it runs)"
+    )
+    args = parser.parse_args(argv)
+    unknown = sorted(set(smoke) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"smoke values for options this parser does not have: {unknown}")
+    if args.smoke:
+        parser.set_defaults(**smoke)
+        args = parser.parse_args(argv)
+    return args
+
+
+def timing_arguments(
+    description: str, rounds: int, argv=None, smoke: dict | None = None, **extra
+) -> argparse.Namespace:
+    """``--out --threads --clock --rounds --smoke`` and ``extra`` (name: add_argument kwargs), parsed; sets torch's
+    threads. ``smoke``: the defaults of ``--smoke`` besides one round (see ``smoke_arguments``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--threads", type=int, default=1)
@@ -106,9 +129,22 @@ def timing_arguments(description: str, rounds: int, argv=None, **extra) -> argpa
     parser.add_argument("--rounds", type=int, default=rounds)
     for name, kwargs in extra.items():
         parser.add_argument(name, **kwargs)
-    args = parser.parse_args(argv)
+    args = smoke_arguments(parser, argv, rounds=1, **(smoke or {}))
     torch.set_num_threads(args.threads)
     return args
+
+
+def sizes(count: int) -> Callable[[str], tuple[int, ...]]:
+    """An option type: ``"576x1536"`` -> ``(576, 1536)``, ``count`` positive integers joined by ``x``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        parts = text.lower().split("x")
+        if len(parts) != count or not all(p.isdigit() and int(p) > 0 for p in parts):
+            example = "x".join(("576", "1536", "512")[:count])
+            raise argparse.ArgumentTypeError(f"expected {count} integers > 0 joined by x ({example}), got {text!r}")
+        return tuple(int(p) for p in parts)
+
+    return parse
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

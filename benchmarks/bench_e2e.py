@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, median, write_csv, write_text  # noqa: E402
+from _common import machine_info, markdown_table, median, smoke_arguments, write_csv, write_text  # noqa: E402
 
 VARIANTS = (
     "fp32",
@@ -213,7 +213,8 @@ def main(argv=None) -> None:
         "--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/test.txt"
     )
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    smoke = {"variants": ["llm_int8"], "prefill": 16, "decode": 3, "repeats": 1, "threads": 1}
+    args = smoke_arguments(parser, argv, **smoke)  # the children get --smoke too
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures one thread: use it with --threads 1")
     if args.child:

@@ -5,8 +5,8 @@
 ``bench_e2e.py`` runs each variant in its own process, one after the other: on the shared 2-core
 machine the load moves between them by more than the differences measured here. This script loads
 the bundled model once, converts copies, and times the variants in alternation, round after round
-(thread CPU time, one thread), on 512 WikiText-2 test tokens (prefill, no cache) and 16 greedy
-decode steps after a 32-token prompt. Variants:
+(thread CPU time, one thread), on 512 WikiText-2 test tokens (prefill, no cache, ``--prefill``) and 16 greedy
+decode steps (``--decode``) after a 32-token prompt. Variants:
 
 * ``fp32``, ``bf16``: the float model;
 * ``int8``: the library's default (C++ kernels, GEMM as ``ops/choice`` measured it);
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, median, run_info, write_csv, write_text  # noqa: E402
+from _common import markdown_table, median, run_info, smoke_arguments, write_csv, write_text  # noqa: E402
 
 import llm_int8  # noqa: E402
 from llm_int8.evaluation import read_text, tokenize_text  # noqa: E402
@@ -45,6 +45,7 @@ ROUTES = {  # variant: (model, C++ kernels on, forced GEMM)
     "int8_pairs": ("int8", True, "fbgemm_pairs"),
     "int8_pairs_torch": ("int8", False, "fbgemm_pairs"),
 }
+PROMPT_TOKENS = 32
 BF16_ROUTES = {"bf16": ("bf16", True, None), "int8_bf16": ("int8_bf16", True, None),
                "int8_bf16_torch": ("int8_bf16", False, None)}  # fmt: skip
 
@@ -78,17 +79,19 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--prefill", type=int, default=512, help="tokens of the prefill forward")
+    parser.add_argument("--decode", type=int, default=16, help="greedy decode steps after the 32-token prompt")
     parser.add_argument("--bf16", action="store_true", help="also the bf16 model and its conversion (prefill)")
     parser.add_argument(
         "--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/test.txt"
     )
-    args = parser.parse_args(argv)
+    args = smoke_arguments(parser, argv, rounds=1, prefill=16, decode=2, bf16=True)
     torch.set_num_threads(args.threads)
     info = run_info()
     base, tokenizer = load_model(None, dtype=torch.float32)
     base.eval()
-    ids = tokenize_text(tokenizer, read_text(args.text), max_tokens=512 + 32)
-    prefill_ids, prompt = ids[:512][None], ids[512:][None]
+    ids = tokenize_text(tokenizer, read_text(args.text), max_tokens=args.prefill + PROMPT_TOKENS)
+    prefill_ids, prompt = ids[: args.prefill][None], ids[args.prefill :][None]  # (1, prefill), (1, 32)
     models = {"fp32": base, "int8": llm_int8.quantize_model(copy.deepcopy(base))}
     routes = dict(ROUTES)
     if args.bf16:
@@ -103,7 +106,7 @@ def main(argv=None) -> None:
             for name, (model, native_on, kernel) in routes.items():
                 _route(native_on, kernel, real)
                 t = _prefill(models[model], prefill_ids)
-                d = _decode(models[model], prompt, 16) if name in decode else None
+                d = _decode(models[model], prompt, args.decode) if name in decode else None
                 if r:
                     prefill[name].append(t)
                     if d is not None:
@@ -111,15 +114,15 @@ def main(argv=None) -> None:
             print(f"round {r}: " + " ".join(f"{k}={v[-1] * 1e3:.0f}" for k, v in prefill.items() if v), flush=True)
     _route(True, None, real)
     info["loadavg_1min_end"] = f"{os.getloadavg()[0]:.2f}"
-    _write(args, info, prefill, decode)
+    _write(args, info, prefill, decode, argv if argv is not None else sys.argv[1:])
 
 
-def _write(args, info: dict, prefill: dict, decode: dict) -> None:
+def _write(args, info: dict, prefill: dict, decode: dict, argv: list[str]) -> None:
     rows, table = [], []
-    fp32_tok = 512 / median(prefill["fp32"])
+    fp32_tok = args.prefill / median(prefill["fp32"])
     fp32_dec = 1 / median(decode["fp32"])
     for name, times in prefill.items():
-        tok = 512 / median(times)
+        tok = args.prefill / median(times)
         dec = 1 / median(decode[name]) if name in decode else None
         runs = [round(t * 1e3) for t in times]
         rows.append({"variant": name, "prefill_tok_per_s": f"{tok:.1f}", "prefill_runs_ms": runs,
@@ -128,15 +131,14 @@ def _write(args, info: dict, prefill: dict, decode: dict) -> None:
                       f"{dec / fp32_dec:.2f}x" if dec else "-"])  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "e2e_ab.csv", rows)
-    command = "python benchmarks/bench_e2e_ab.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/bench_e2e_ab.py " + " ".join(argv)
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
-    header = ["variant", "prefill tok/s (512)", "vs fp32", "decode tok/s", "vs fp32"]
+    header = ["variant", f"prefill tok/s ({args.prefill})", "vs fp32", "decode tok/s", "vs fp32"]
     write_text(
         args.out / "e2e_ab.md",
         f"# SmolLM2-135M, routes interleaved in one process\n\nCommand: `{command.strip()}`\n\n{machine}\n\n"
-        f"Medians of {args.rounds} rounds after a warm-up round; thread CPU time, one thread.\n\n"
-        + markdown_table(header, table)
-        + "\n",
+        f"Medians of {args.rounds} rounds after a warm-up round; thread CPU time, {args.threads} thread(s); "
+        f"{args.decode} decode steps after a {PROMPT_TOKENS}-token prompt.\n\n" + markdown_table(header, table) + "\n",
     )
     print(markdown_table(header, table), flush=True)
 

@@ -21,7 +21,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, median, run_info, time_interleaved, timing_arguments, write_csv, write_text  # noqa: E402
+from _common import (  # noqa: E402
+    markdown_table,
+    median,
+    run_info,
+    sizes,
+    time_interleaved,
+    timing_arguments,
+    write_csv,
+    write_text,
+)
 
 from llm_int8.ops.choice import admission  # noqa: E402
 from llm_int8.ops.kernels import codes_gemm, cpu_gemm  # noqa: E402
@@ -48,11 +57,20 @@ def _cell(K: int, N: int, M: int, rounds: int, clock: str) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    args = timing_arguments(__doc__.split("\n")[0], rounds=9, argv=argv)
+    args = timing_arguments(
+        __doc__.split("\n")[0],
+        rounds=9,
+        argv=argv,
+        smoke={"shapes": [min(SHAPES, key=lambda s: s[0] * s[1])], "tokens": [BUCKETS[0]]},
+        **{
+            "--shapes": {"nargs": "+", "type": sizes(2), "default": list(SHAPES), "help": "weights KxN: 576x1536"},
+            "--tokens": {"nargs": "+", "type": int, "default": list(BUCKETS), "help": "token buckets M"},
+        },
+    )
     info = run_info()
     rows, table = [], []
-    for K, N in SHAPES:
-        for M in BUCKETS:
+    for K, N in args.shapes:
+        for M in args.tokens:
             ms = _cell(K, N, M, args.rounds, args.clock)
             today = min((k for k in ms if "C++" not in k), key=ms.get)
             with_fix = min(ms, key=ms.get)

@@ -1,6 +1,7 @@
 """What the kernel choice costs and what it gives (issue 18), on the CPU at hand.
 
-1. **First use** of a 4096 x 4096 ``Int8Linear`` at 512 tokens with an empty decision cache, timing on:
+1. **First use** of a 4096 x 4096 ``Int8Linear`` at 512 tokens (``--first-use-shape``) with an empty decision
+   cache, timing on:
    each run in a fresh process (``--first-use-runs`` of them), the first call (the admission probe,
    the GEMM race of the 128-token bucket, packing) and the second, in wall time and in the process's
    CPU time (``--threads``, default 1: CPU time is then the work done, whatever else the machine runs).
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, median, time_interleaved, write_text  # noqa: E402
+from _common import machine_info, markdown_table, median, sizes, smoke_arguments, time_interleaved, write_text  # noqa: E402
 
 _FIRST_USE = r"""
 import json, os, sys, time
@@ -38,12 +39,13 @@ t0 = time.perf_counter()
 import torch
 from llm_int8 import Int8Linear
 imported = time.perf_counter() - t0
-torch.set_num_threads(int(sys.argv[1]))
+threads, K, N, M = (int(v) for v in sys.argv[1:5])
+torch.set_num_threads(threads)
 torch.manual_seed(0)
-linear = torch.nn.Linear(4096, 4096)
+linear = torch.nn.Linear(K, N)
 torch.nn.init.normal_(linear.weight, std=0.02)
 layer = Int8Linear.from_linear(linear)
-x = torch.randn(512, 4096)
+x = torch.randn(M, K)
 out = {"import_s": imported}
 with torch.no_grad():
     for call in ("first", "second"):
@@ -56,13 +58,15 @@ print(json.dumps(out))
 """
 
 
-def first_use(runs: int, threads: int) -> list[dict]:
+def first_use(runs: int, threads: int, shape: tuple[int, int, int]) -> list[dict]:
+    """Each run in a fresh process with an empty decision cache: seconds of the import and the first two calls
+    of a ``shape`` = (K, N, M) layer."""
     results = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "LLM_INT8_CACHE_DIR": cache, "LLM_INT8_AUTOTUNE": "1"}
             env.pop("LLM_INT8_CPU_BACKEND", None)
-            cmd = [sys.executable, "-c", _FIRST_USE, str(threads)]
+            cmd = [sys.executable, "-c", _FIRST_USE, str(threads), *(str(v) for v in shape)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return results
@@ -112,24 +116,28 @@ def timing_off(shapes: list[tuple[int, int, int]], rounds: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/issue18"))
     parser.add_argument("--first-use-runs", type=int, default=3)
+    parser.add_argument("--first-use-shape", type=sizes(3), default=(4096, 4096, 512), help="KxNxM of the first use")
+    parser.add_argument("--timing-off-shapes", nargs="+", type=sizes(3), default=[(576, 1536, 512), (4096, 4096, 128)])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the first-use runs")
-    args = parser.parse_args()
+    small = (576, 576, 16)
+    args = smoke_arguments(parser, argv, first_use_runs=1, first_use_shape=small, timing_off_shapes=[small], rounds=1)
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    first = first_use(args.first_use_runs, args.threads)
-    off = timing_off([(576, 1536, 512), (4096, 4096, 128)], args.rounds)
+    first = first_use(args.first_use_runs, args.threads, args.first_use_shape)
+    off = timing_off(args.timing_off_shapes, args.rounds)
     from llm_int8.ops.choice import admission
 
     md = ["# Kernel choice: first-use cost and the fixed choice with timing off", ""]
     md += [f"- {k}: {v}" for k, v in info.items()]
     state = admission.admission()
     md += [f"- admitted: {', '.join(state['admitted'])}; not admitted: {state['dropped']}", ""]
-    md += [f"## First use: 4096 x 4096, 512 tokens, empty cache, timing on, {args.threads} thread(s)", ""]
+    K, N, M = args.first_use_shape
+    md += [f"## First use: {K} x {N}, {M} tokens, empty cache, timing on, {args.threads} thread(s)", ""]
     md += ["A fresh process each run; seconds of wall time and of the process's CPU time.", ""]
     header = ["run", "import (wall)", "first call (wall)", "first call (CPU)", "second call (wall)", "second (CPU)"]
     rows = [

@@ -56,7 +56,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _breakdown  # noqa: E402
-from _common import cpu_flags, machine_info, markdown_table, median, time_interleaved, write_csv, write_text  # noqa: E402
+from _common import (  # noqa: E402
+    cpu_flags,
+    machine_info,
+    markdown_table,
+    median,
+    smoke_arguments,
+    time_interleaved,
+    write_csv,
+    write_text,
+)
 
 from llm_int8 import Int8Linear  # noqa: E402
 from llm_int8.ops.choice import admission  # noqa: E402
@@ -160,7 +169,9 @@ def run_shape(name: str, K: int, N: int, tokens, args, rows: list[dict]) -> None
     with torch.no_grad():
         linear.weight.normal_(0, K**-0.5, generator=generator)
     int8_layer = Int8Linear.from_linear(linear, threshold=6.0)  # library defaults otherwise
-    packed = cpu_gemm.prepack(int8_layer.weight_int8, cpu_choice.fixed_kernel())
+    # one packed layout; each kernel's own is packed from it once (``for_kernel``). ``torch._int_mm`` has none
+    layout_kernel = next((k for k in admission.admitted_kernels() if k in cpu_gemm.KERNELS), cpu_gemm.FBGEMM)
+    packed = cpu_gemm.prepack(int8_layer.weight_int8, layout_kernel)
     modules = {
         "fp32": linear,
         "bf16": _bf16(linear),
@@ -349,13 +360,10 @@ def main(argv=None) -> None:
     parser.add_argument("--breakdown", action="store_true", help="time each step of one layer (see the docstring)")
     parser.add_argument("--dtypes", nargs="+", choices=list(_breakdown.DTYPES), default=list(_breakdown.DTYPES))
     parser.add_argument("--outlier-dims", type=int, default=OUTLIER_DIMS, help="--breakdown: emergent outlier dims")
-    args = parser.parse_args(argv)
-    if args.breakdown:
-        given = set(argv if argv is not None else sys.argv[1:])
-        if "--shapes" not in given:
-            args.shapes = list(_breakdown.SHAPES)
-        if "--tokens" not in given:
-            args.tokens = list(_breakdown.TOKENS)
+    args = smoke_arguments(parser, argv, shapes=["smollm2-qo"], tokens=[1], rounds=1, cell_budget=0.5, threads=1)
+    if args.breakdown and not args.smoke:  # its own grid, where --shapes and --tokens are not given
+        parser.set_defaults(shapes=list(_breakdown.SHAPES), tokens=list(_breakdown.TOKENS))
+        args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu" and torch.get_num_threads() != 1:
@@ -364,7 +372,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     info["llm_int8 admitted int8 GEMMs"] = ", ".join(admission.admitted_kernels())
-    info["kernel choice"] = "measured" if cpu_choice.timing_enabled() else f"fixed ({cpu_choice.fixed_kernel()})"
+    info["kernel choice"] = "measured" if cpu_choice.timing_enabled() else f"fixed ({admission.fixed_kernel()})"
     info["autotune cache"] = str(cpu_choice.cache_path())
     info["loadavg_1min_start"] = f"{__import__('os').getloadavg()[0]:.2f}"
     info["clock"] = f"{args.clock} ({'thread CPU time' if args.clock == 'cpu' else 'wall time'})"

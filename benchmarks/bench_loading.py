@@ -5,7 +5,7 @@ in fp16, sharded, then runs each loader in a fresh subprocess and records the gr
 resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` right before the load) against the
 size of the int8 model it produced (every parameter and buffer, scales included).
 
-    python benchmarks/bench_loading.py                  # ~0.5B params, writes benchmarks/results/loading.*
+    python benchmarks/bench_loading.py                  # ~0.5B params, writes benchmarks/results/loading.{csv,md}
     python benchmarks/bench_loading.py --layers 2       # quick check
 
 Modes: ``streaming`` (``llm_int8.from_pretrained``), ``hf-quantizer`` (``AutoModelForCausalLM.from_pretrained(...,
@@ -16,7 +16,6 @@ quantization_config=LLMInt8Config())``), ``load-then-convert`` (fp16 ``from_pret
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -26,34 +25,40 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import smoke_arguments, write_csv, write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("streaming", "hf-quantizer", "load-then-convert", "reload-int8")
 
 
-def _config(layers: int):
+HEADS, KV_HEADS = 12, 4
+
+
+def _config(layers: int, hidden: int, intermediate: int, vocab: int):
     from transformers import LlamaConfig
 
-    # ~25.2M linear parameters per layer, 2 x 49M for the untied embedding and head
+    # by default (1536, 4096, 32000): ~25.2M linear parameters per layer, 2 x 49M for the untied embedding and head
     return LlamaConfig(
-        vocab_size=32000,
-        hidden_size=1536,
-        intermediate_size=4096,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
-        num_attention_heads=12,
-        num_key_value_heads=4,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
         tie_word_embeddings=False,
         dtype="float16",
     )
 
 
-def build_checkpoint(folder: Path, layers: int, shard: str) -> int:
+def build_checkpoint(folder: Path, layers: int, shard: str, sizes: tuple[int, int, int]) -> int:
+    """Save a random-init fp16 Llama (``sizes``: hidden, intermediate, vocab) in shards of at most ``shard``."""
     import torch
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float16)
     with torch.no_grad():
-        model = LlamaForCausalLM(_config(layers))
+        model = LlamaForCausalLM(_config(layers, *sizes))
     n_params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder, max_shard_size=shard)
     return n_params
@@ -114,23 +119,36 @@ def _dir_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=16, help="decoder layers (16 = ~0.5B parameters)")
+    parser.add_argument("--hidden-size", type=int, default=1536, help=f"a multiple of {HEADS} (the heads)")
+    parser.add_argument("--intermediate-size", type=int, default=4096)
+    parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--shard", default="200MB", help="max shard size of the fp16 checkpoint")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--workdir", help="reuse / keep the checkpoints here (default: a temp dir)")
-    parser.add_argument("--out", default=str(RESULTS / "loading"), help="results prefix (.csv, .md)")
+    parser.add_argument("--workdir", help="reuse / keep the checkpoints here (default: a temp dir, removed after)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of loading.{csv,md}")
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    small = {"layers": 1, "hidden_size": 96, "intermediate_size": 192, "vocab_size": 512, "shard": "100KB"}
+    args = smoke_arguments(parser, argv, **small)
+    if args.hidden_size % HEADS:
+        parser.error(f"--hidden-size must be a multiple of {HEADS} (the attention heads), got {args.hidden_size}")
     if args._child:
         child(*args._child)
         return 0
+    if args.workdir:
+        return _run(args, Path(args.workdir))
+    with tempfile.TemporaryDirectory(prefix="bench_loading_") as work:
+        return _run(args, Path(work))
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_loading_"))
+
+def _run(args, work: Path) -> int:
+    """Build (or reuse) the checkpoints in ``work``, load each mode in a fresh process, write the results."""
     fp16_dir, int8_dir = work / "fp16", work / "int8"
     if not (fp16_dir / "config.json").is_file():
-        n_params = build_checkpoint(fp16_dir, args.layers, args.shard)
+        sizes = (args.hidden_size, args.intermediate_size, args.vocab_size)
+        n_params = build_checkpoint(fp16_dir, args.layers, args.shard, sizes)
         print(f"built {n_params / 1e9:.3f}B-parameter fp16 checkpoint in {fp16_dir}", flush=True)
     else:
         from llm_int8.integrations.huggingface.checkpoint import CheckpointShards
@@ -168,16 +186,13 @@ def main() -> int:
     disk = {"fp16": _dir_bytes(fp16_dir)}
     if int8_dir.is_dir():
         disk["int8"] = _dir_bytes(int8_dir)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "loading.csv", rows)
     lines = [
         f"# Loading a {args.layers}-layer Llama ({n_params / 1e9:.3f}B params) fp16 checkpoint as int8",
         "",
-        f"Command: `python benchmarks/bench_loading.py --layers {args.layers} --shard {args.shard}`; "
+        f"Command: `python benchmarks/bench_loading.py --layers {args.layers} --hidden-size {args.hidden_size} "
+        f"--intermediate-size {args.intermediate_size} --vocab-size {args.vocab_size} --shard {args.shard}`; "
         f"fp16 shards of at most {args.shard}. Peak RSS growth = VmHWM after the load minus VmRSS before it, "
         "in a fresh process per mode.",
         "",
@@ -191,7 +206,7 @@ def main() -> int:
         )
     lines += ["", "| on disk | MiB |", "| --- | --- |"]
     lines += [f"| {k} safetensors | {v / 2**20:.1f} |" for k, v in disk.items()]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "loading.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -10,20 +10,21 @@ freed), after decode-sized calls (1 token), and after prefill-sized calls (64 to
     python benchmarks/bench_memory.py                      # 8 layers of 4096 x 4096
     python benchmarks/bench_memory.py --layers 4 --in-features 2048 --out-features 5632
 
-Writes benchmarks/results/memory.{csv,md}. Kinds: ``fp32`` and ``bf16`` ``nn.Linear``, ``int8``
-(``Int8Linear``, this library's default settings), ``bnb`` (bitsandbytes ``Linear8bitLt``, if
-installed).
+Writes ``memory.{csv,md}`` into ``--out`` (default benchmarks/results). Kinds: ``fp32`` and ``bf16``
+``nn.Linear``, ``int8`` (``Int8Linear``, this library's default settings), ``bnb`` (bitsandbytes
+``Linear8bitLt``, if installed). The children get the caller's ``LLM_INT8_*`` settings and nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from _common import machine_info, markdown_table, write_csv, write_text
+from _common import machine_info, markdown_table, smoke_arguments, write_csv, write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("fp32", "bf16", "int8", "bnb")
@@ -84,7 +85,7 @@ def kernel_costs(k: int, n: int, m: int = 512) -> dict[str, float]:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from llm_int8.ops import int8_mm, prepack_int8_weight
-    from llm_int8.ops.choice import cpu as cpu_choice
+    from llm_int8.ops.choice import admission
 
     torch.set_num_threads(1)
     W = torch.randint(-127, 128, (n, k), dtype=torch.int8)
@@ -101,22 +102,24 @@ def kernel_costs(k: int, n: int, m: int = 512) -> dict[str, float]:
     packed = prepack_int8_weight(W)
     out[f"packed_gemm_m{m}_ms"] = ms(lambda: int8_mm(A, W, packed=packed), 3)
     out[f"int_mm_plain_m{m}_ms"] = ms(lambda: torch._int_mm(A, W.T), 1)
-    out["backend"] = cpu_choice.fixed_kernel()
+    out["backend"] = admission.fixed_kernel()
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--in-features", type=int, default=4096)
     p.add_argument("--out-features", type=int, default=4096)
-    args = p.parse_args()
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder of memory.{csv,md}")
+    args = smoke_arguments(p, argv, layers=1, in_features=512, out_features=512)
     weights_mib = args.layers * args.in_features * args.out_features / 2**20
     src = str(Path(__file__).resolve().parents[1] / "src")
     rows = []
     for kind in KINDS:
         cmd = [sys.executable, "-c", _CHILD, kind, str(args.layers), str(args.in_features), str(args.out_features)]
         env = {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+        env.update({k: v for k, v in os.environ.items() if k.startswith("LLM_INT8_")})  # the library's settings
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             print(f"{kind}: skipped ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'})")
@@ -149,9 +152,9 @@ def main() -> None:
         f"```\n{json.dumps(info, indent=1)}\n```\n"
     )
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    write_csv(RESULTS / "memory.csv", rows)
-    write_text(RESULTS / "memory.md", text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "memory.csv", rows)
+    write_text(args.out / "memory.md", text)
 
 
 if __name__ == "__main__":

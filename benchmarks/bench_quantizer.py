@@ -31,7 +31,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, median, run_info, time_interleaved, timing_arguments, write_csv, write_text  # noqa: E402
+from _common import (  # noqa: E402
+    markdown_table,
+    median,
+    run_info,
+    sizes,
+    time_interleaved,
+    timing_arguments,
+    write_csv,
+    write_text,
+)
 
 from llm_int8.ops.kernels import native  # noqa: E402
 from llm_int8.ops.kernels.quantize import quantize_activations_zeropoint, quantize_into  # noqa: E402
@@ -101,14 +110,20 @@ def _identical(X: torch.Tensor, compiled) -> dict:
 
 
 def main(argv=None) -> None:
-    args = timing_arguments(__doc__.split("\n")[0], rounds=15, argv=argv)
+    args = timing_arguments(
+        __doc__.split("\n")[0],
+        rounds=15,
+        argv=argv,
+        smoke={"shapes": [min(SHAPES, key=lambda s: s[0] * s[1])]},
+        **{"--shapes": {"nargs": "+", "type": sizes(2), "default": list(SHAPES), "help": "activations MxK: 512x576"}},
+    )
     info = run_info()
     with tempfile.TemporaryDirectory() as cache:
         info["inductor compile, cold cache (s, process CPU)"] = f"{_compile_seconds(cache):.1f}"
         info["inductor compile, warm on-disk cache (s, process CPU)"] = f"{_compile_seconds(cache):.1f}"
     compiled = torch.compile(inductor_quantizer, dynamic=True)
     rows = []
-    for M, K in SHAPES:
+    for M, K in args.shapes:
         for dtype in (torch.float32, torch.bfloat16):
             X = _activations(M, K).to(dtype)
             fns = _candidates(X, compiled)
