@@ -44,7 +44,7 @@ from torch import nn
 from llm_int8 import Int8Linear
 from llm_int8.ops import mm
 from llm_int8.ops.choice import cpu as cpu_choice
-from llm_int8.ops.kernels import codes_gemm, cpu_gemm, epilogue, native
+from llm_int8.ops.kernels import bf16, codes_gemm, cpu_gemm, epilogue, native
 from llm_int8.ops.kernels.quantize import quantize_activations_zeropoint, quantize_into
 
 SHAPES = {  # name: (in_features K, out_features N)
@@ -88,6 +88,8 @@ def _fused_steps(layer: Int8Linear, X: torch.Tensor, ops) -> dict:
     def gemm():
         if pairs:
             return codes_gemm.pairs_main_product(A, layout)
+        if kernel == cpu_gemm.INT_MM:  # its int32 goes to the epilogue as it is, as the op hands it
+            return cpu_gemm.int_mm(A, W_i8)
         return cpu_gemm.int8_mm_float(A, W_i8, layout) if layout else mm.int8_mm_float(A, W_i8, packed=packed)
 
     def outlier():
@@ -97,15 +99,39 @@ def _fused_steps(layer: Int8Linear, X: torch.Tensor, ops) -> dict:
     C, sums = gemm(), [outlier()] if idx.numel() else []
     csr = (layout.fix.crow_indices(), layout.fix.col_indices(), layout.fix.values().float()) if pairs else (None,) * 3
     codes = A if pairs else None
+    inline = X.dtype == torch.bfloat16 and bf16.has_native_bf16()  # the op's bf16 route: products formed in the pass
+    if inline and idx.numel():
+        X_O, W_O = epilogue.outlier_operands(X, idx, W_i8, s_w, packed)
+        products, factors = [X_O.contiguous(), W_O.T.contiguous()], True
+    else:
+        products, factors = sums, False
+    out = ops.epilogue(C, s_w, s_x, zp, row_sums, codes, *csr, products, factors, bias, X.dtype)
     fns = {
         "quantize": lambda: quantize_into(X, layer.threshold, None, "zeropoint", A),
         "gemm": gemm,
-        "epilogue": lambda: ops.epilogue(C, s_w, s_x, zp, row_sums, codes, *csr, sums, False, bias, X.dtype),
+        "epilogue": lambda: ops.epilogue(C, s_w, s_x, zp, row_sums, codes, *csr, products, factors, bias, X.dtype),
         "bias_cast": lambda: None,  # inside the epilogue pass
     }
-    if idx.numel():
+    if idx.numel() and not inline:
         fns["outlier"] = outlier
+    # the bytes each pass reads and writes, and a plain copy of as many bytes (half read, half written)
+    moved = {
+        "quantize": _nbytes(X) + _nbytes(A),
+        "epilogue": _nbytes(C) + _nbytes(out) + sum(_nbytes(t) for t in products) + (_nbytes(A) if pairs else 0),
+    }
+    for step, nbytes in moved.items():
+        buffer = torch.empty(max(nbytes // 2, 1), dtype=torch.uint8)
+        fns[f"clone_{step}"] = buffer.clone
+        BYTES[step] = nbytes
     return fns, kernel
+
+
+BYTES: dict[str, int] = {}
+"""Bytes read plus written by each C++ pass of the last cell timed (``_fused_steps``)."""
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _sequence_steps(layer: Int8Linear, X: torch.Tensor) -> dict:
@@ -177,10 +203,30 @@ def _cell(modules: dict, X: torch.Tensor, args) -> tuple[dict, str]:
         fns.update(steps)
         times = time_interleaved(fns, rounds=args.rounds, budget_s=args.cell_budget, clock=args.clock)
     ms = {k: median(v) * 1e3 for k, v in times.items()}
+    for step in ("quantize", "epilogue"):  # GB/s of the pass and of a clone of the same bytes
+        clone = ms.pop(f"clone_{step}", None)
+        if clone is not None and BYTES.get(step):
+            ms[f"{step}_GBps"] = BYTES[step] / (ms[step] * 1e6)
+            ms[f"{step}_clone_GBps"] = BYTES[step] / (clone * 1e6)
     if "epilogue_copy" in ms:
         ms["epilogue"] = max(ms["epilogue"] - ms.pop("epilogue_copy"), 0.0)
     ms.setdefault("outlier", 0.0)
     return ms, kernel
+
+
+def _forced_cell(modules: dict, X: torch.Tensor, args, kernel: str) -> tuple[dict, str]:
+    """``_cell`` with ``kernel`` forced (``LLM_INT8_CPU_BACKEND``), or as the machine chose it (``choice``)."""
+    if kernel == "choice":
+        return _cell(modules, X, args)
+    saved = os.environ.get(cpu_choice.BACKEND_ENV)
+    os.environ[cpu_choice.BACKEND_ENV] = kernel
+    try:
+        return _cell(modules, X, args)
+    finally:
+        if saved is None:
+            os.environ.pop(cpu_choice.BACKEND_ENV)
+        else:
+            os.environ[cpu_choice.BACKEND_ENV] = saved
 
 
 def _without_native(layer: Int8Linear, X: torch.Tensor) -> torch.Tensor:
@@ -206,12 +252,13 @@ def run(args, info: dict, out: Path, command: str) -> None:
         dims = torch.randperm(K, generator=generator)[: args.outlier_dims]
         for M in args.tokens:
             X32 = _activations(M, K, generator, dims)
-            for dtype_name in args.dtypes:
+            for dtype_name, forced in ((d, k) for d in args.dtypes for k in args.kernels):
                 X = X32.to(DTYPES[dtype_name])
-                ms, kernel = _cell(modules, X, args)
+                ms, kernel = _forced_cell(modules, X, args, forced)
                 rows += [
                     {"shape": shape, "in_features": K, "out_features": N, "tokens": M, "dtype": dtype_name,
-                     "step": step, "median_ms": f"{t:.4f}", "gemm_kernel": kernel}
+                     "step": step, "median_ms": f"{t:.4f}", "unit": "GB/s" if step.endswith("GBps") else "ms",
+                     "gemm_kernel": kernel}
                     for step, t in ms.items()
                 ]  # fmt: skip
                 print(f"  {shape} M={M} {dtype_name} ({kernel}): "
@@ -227,10 +274,17 @@ def run(args, info: dict, out: Path, command: str) -> None:
 def _cells(rows: list[dict]) -> dict:
     cells: dict[tuple, dict] = {}
     for r in rows:
-        key = (r["shape"], r["in_features"], r["out_features"], r["tokens"], r["dtype"])
+        key = (r["shape"], r["in_features"], r["out_features"], r["tokens"], r["dtype"], r["gemm_kernel"])
         cell = cells.setdefault(key, {"kernel": r["gemm_kernel"]})
         cell[r["step"]] = float(r["median_ms"])
     return cells
+
+
+def _speed(c: dict, step: str) -> str:
+    if f"{step}_GBps" not in c:
+        return "-"
+    pass_, clone = c[f"{step}_GBps"], c[f"{step}_clone_GBps"]
+    return f"{pass_:.1f} ({clone:.1f}, {clone / pass_:.1f}x)"
 
 
 def markdown(rows: list[dict], info: dict, command: str) -> str:
@@ -238,9 +292,9 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
               "layer, PyTorch fallback", "layer (default)",
               "quantize", "GEMM (kernel)", "of which main / fix", "epilogue", "outlier", "bias + cast",
               "steps sum", "layer - steps", "GEMM / layer", "layer vs fp32", "layer vs bf16",
-              "GEMM vs fp32"]  # fmt: skip
+              "GEMM vs fp32", "quantize GB/s (clone GB/s, ratio)", "epilogue GB/s (clone GB/s, ratio)"]  # fmt: skip
     table = []
-    for (shape, K, N, M, dtype), c in _cells(rows).items():
+    for (shape, K, N, M, dtype, _), c in _cells(rows).items():
         total = sum(c.get(s, 0.0) for s in STEPS)
         parts = f"{c['gemm_main']:.3f} / {c['gemm_fix']:.3f}" if "gemm_main" in c else "-"
         table.append(
@@ -248,7 +302,8 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
              f"{c['quantize']:.3f}",
              f"{c['gemm']:.3f} ({c['kernel']})", parts, *(f"{c[s]:.3f}" for s in STEPS[2:]), f"{total:.3f}",
              f"{c['layer'] - total:.3f}", f"{c['gemm'] / c['layer']:.0%}", f"{c['fp32_linear'] / c['layer']:.2f}x",
-             f"{c['bf16_linear'] / c['layer']:.2f}x", f"{c['fp32_linear'] / c['gemm']:.2f}x"]
+             f"{c['bf16_linear'] / c['layer']:.2f}x", f"{c['fp32_linear'] / c['gemm']:.2f}x",
+             *(_speed(c, step) for step in ("quantize", "epilogue"))]
         )  # fmt: skip
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
     return (
@@ -262,7 +317,10 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         "layer with the C++ kernels off (the op-by-op sequence, as before issue 20). `layer (default)`: "
         "the library default (weight-only kernel up to the measured crossover). Ratios `vs` are speedups of "
         "the int8-path layer (peer time / layer time); `GEMM vs fp32` is the GEMM step alone against fp32 "
-        "`nn.Linear` (the ceiling of the int8 path).\n\n" + markdown_table(header, table) + "\n"
+        "`nn.Linear` (the ceiling of the int8 path). `GB/s`: the bytes a C++ pass reads and writes (quantize: X and "
+        "the codes; epilogue: C, the output, the float products it reads, fbgemm_pairs' codes) per second, beside "
+        "`clone()` of a buffer of half as many bytes (it reads and writes them: the same traffic); the ratio is "
+        "how many times the pass is slower than that copy.\n\n" + markdown_table(header, table) + "\n"
     )
 
 
@@ -278,7 +336,7 @@ def plot(rows: list[dict], path: Path) -> None:
     colors = {"quantize": "C0", "gemm": "C1", "epilogue": "C2", "outlier": "C3", "bias_cast": "C4", "other": "C7"}
     for ax, shape in zip(axes[0], shapes, strict=True):
         keys = [k for k in cells if k[0] == shape]
-        labels = [f"{k[3]}\n{k[4]}" for k in keys]
+        labels = [f"{k[3]}\n{k[4]}\n{k[5]}" for k in keys]
         bottom = [0.0] * len(keys)
         for step in (*STEPS, "other"):
             share = []

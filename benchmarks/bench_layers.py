@@ -360,6 +360,10 @@ def main(argv=None) -> None:
     parser.add_argument("--breakdown", action="store_true", help="time each step of one layer (see the docstring)")
     parser.add_argument("--dtypes", nargs="+", choices=list(_breakdown.DTYPES), default=list(_breakdown.DTYPES))
     parser.add_argument("--outlier-dims", type=int, default=OUTLIER_DIMS, help="--breakdown: emergent outlier dims")
+    parser.add_argument(
+        "--kernels", nargs="+", default=["choice"],
+        help="--breakdown: the GEMMs to run, each forced (LLM_INT8_CPU_BACKEND); 'choice': as the machine measured",
+    )  # fmt: skip
     args = smoke_arguments(parser, argv, shapes=["smollm2-qo"], tokens=[1], rounds=1, cell_budget=0.5, threads=1)
     if args.breakdown and not args.smoke:  # its own grid, where --shapes and --tokens are not given
         parser.set_defaults(shapes=list(_breakdown.SHAPES), tokens=list(_breakdown.TOKENS))
