@@ -12,7 +12,8 @@ freed), after decode-sized calls (1 token), and after prefill-sized calls (64 to
 
 Writes ``memory.{csv,md}`` into ``--out`` (default benchmarks/results). Kinds: ``fp32`` and ``bf16``
 ``nn.Linear``, ``int8`` (``Int8Linear``, this library's default settings), ``bnb`` (bitsandbytes
-``Linear8bitLt``, if installed). The children get the caller's ``LLM_INT8_*`` settings and nothing else.
+``Linear8bitLt``, if installed). The children get the caller's ``LLM_INT8_*`` settings, ``HOME``,
+``XDG_CACHE_HOME`` and ``CXX``, nothing else.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from _common import machine_info, markdown_table, smoke_arguments, write_csv, wr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("fp32", "bf16", "int8", "bnb")
+_BUILD_ENV = ("HOME", "XDG_CACHE_HOME", "CXX")
 
 _CHILD = r"""
 import ctypes, gc, json, sys
@@ -119,7 +121,8 @@ def main(argv=None) -> None:
     for kind in KINDS:
         cmd = [sys.executable, "-c", _CHILD, kind, str(args.layers), str(args.in_features), str(args.out_features)]
         env = {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-        env.update({k: v for k, v in os.environ.items() if k.startswith("LLM_INT8_")})  # the library's settings
+        # the library's settings, and where its C++ kernels are built (else the child may build its own copy)
+        env.update({k: v for k, v in os.environ.items() if k.startswith("LLM_INT8_") or k in _BUILD_ENV})
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             print(f"{kind}: skipped ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'})")
