@@ -62,9 +62,14 @@ def _compiler() -> str | None:
 
 
 def build_directory() -> Path:
-    """Where this machine's build of the extension lives (its key: source, torch, compiler, CPU flags)."""
+    """Where this machine's build of the extension lives (its key: the source and its path, torch and its
+    path, the compiler, the CPU flags)."""
     key = hashlib.sha1()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), str(_compiler()).encode(), _cpu_flags().encode()):
+    # the source's and torch's paths too: ninja's build file records them, so two checkouts or
+    # environments sharing one folder would rebuild it each time the other loaded it
+    parts = (SOURCE.read_bytes(), str(SOURCE).encode(), torch.__version__.encode(), str(Path(torch.__file__).parent).encode(),
+             str(_compiler()).encode(), _cpu_flags().encode())  # fmt: skip
+    for part in parts:
         key.update(part)
         key.update(b"\0")
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-int8"
