@@ -67,7 +67,8 @@ def build_directory() -> Path:
     key = hashlib.sha1()
     # the source's and torch's paths too: ninja's build file records them, so two checkouts or
     # environments sharing one folder would rebuild it each time the other loaded it
-    parts = (SOURCE.read_bytes(), str(SOURCE).encode(), torch.__version__.encode(), str(Path(torch.__file__).parent).encode(),
+    torch_path = str(Path(torch.__file__).parent)
+    parts = (SOURCE.read_bytes(), str(SOURCE).encode(), torch.__version__.encode(), torch_path.encode(),
              str(_compiler()).encode(), _cpu_flags().encode())  # fmt: skip
     for part in parts:
         key.update(part)
