@@ -125,7 +125,8 @@ def from_pretrained(
     ``llm_int8.analysis.calibrate_outlier_dims`` or the ``float_dims`` of a saved config; taken
     out of each weight as it streams in. An int8 checkpoint keeps the float dims it was saved with.
     ``batch_invariant``: run every int8 layer in the batch-invariant mode (``Int8Linear.batch_invariant``);
-    ``None`` uses the saved value of an llm_int8 checkpoint, else ``False``. Remaining ``kwargs`` go to ``AutoConfig.from_pretrained``.
+    ``None`` uses the saved value of an llm_int8 checkpoint, else ``False``.
+    Remaining ``kwargs`` go to ``AutoConfig.from_pretrained``.
 
     Checkpoint names go through transformers' own renamings for the architecture
     (``conversion_mapping``: GPT-NeoX's ``embed_out`` -> ``lm_head``, legacy ``gamma`` / ``beta``,
