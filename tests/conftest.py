@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 # not in the user's cache.
 os.environ["LLM_INT8_AUTOTUNE"] = "0"
 os.environ.pop("LLM_INT8_CPU_BACKEND", None)
+os.environ.pop("LLM_INT8_BATCH_INVARIANT", None)  # the mode is tested where a test asks for it
 os.environ["LLM_INT8_CACHE_DIR"] = tempfile.mkdtemp(prefix="llm_int8_tests_")
 
 REPO = Path(__file__).resolve().parents[1]

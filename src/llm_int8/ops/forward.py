@@ -229,7 +229,7 @@ def forward(x, weight_int8, weight_scale, bias, threshold, activation, packed, r
     check_inputs(x, weight_int8, weight_scale, bias, threshold, activation)
     invariant = forward_invariant.enabled(batch_invariant)
     if statistics is not None and not invariant:
-        raise ValueError("int8_linear: statistics (per-token ranges) need the batch-invariant mode (batch_invariant=True)")
+        raise ValueError("int8_linear: statistics (per-token ranges) need batch_invariant=True")
     if invariant:
         weight_only_max_tokens = 0  # one numeric definition at every M: no weight-only kernel below a crossover
     N, K = weight_int8.shape
