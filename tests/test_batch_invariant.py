@@ -11,8 +11,7 @@ from torch import nn
 
 import llm_int8
 from llm_int8 import Int8Config, Int8Linear, quantize_model
-from llm_int8.ops import int8_linear, int8_mm
-from llm_int8.ops import forward_invariant
+from llm_int8.ops import forward_invariant, int8_linear, int8_mm
 from llm_int8.ops.choice import admission
 from llm_int8.ops.choice import cpu as cpu_choice
 from llm_int8.ops.kernels import native, probes
