@@ -285,3 +285,17 @@ def test_saved_model_keeps_the_setting(tmp_path):
         for m in llm_int8.from_pretrained(out, batch_invariant=False, progress=False).modules()
         if isinstance(m, Int8Linear)
     )
+
+
+def test_a_row_without_outliers_gets_the_same_bits_whether_or_not_a_mate_has_some():
+    # rows of tiny values whose outputs underflow to -0.0: a float part starting from +0 would turn
+    # them into +0.0 whenever another row of the batch brings one (x + +0 is not x for x = -0)
+    lin = nn.Linear(K, N, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(N, K) * 1e-9)
+    layer = Int8Linear.from_linear(lin, batch_invariant=True)
+    x = torch.randn(2, K) * 1e-37
+    alone = layer(x)
+    assert (bits(alone) == bits(torch.tensor(-0.0))).any()  # the case is there
+    mates = torch.cat([x, _mates("other_dims", 8, torch.float32)])
+    assert torch.equal(bits(layer(mates)[:2]), bits(alone))

@@ -49,18 +49,28 @@ def _weight_columns(W_i8: torch.Tensor, packed: object | None):
     return lambda U: epilogue.outlier_weight_columns(W_i8, U, packed)
 
 
+def _float_part(X, entries, W_i8, s_w, float_columns, packed) -> torch.Tensor | None:
+    """``F`` (M, N), or ``None`` where no row has a float entry (then ``F`` is all ``-0``: nothing to add)."""
+    if not entries[1].numel() and float_columns is None:
+        return None
+    return tokenwise.tokenwise_float_sum(X, entries, W_i8, s_w, float_columns, _weight_columns(W_i8, packed))
+
+
 def _finish(C, s_w, s_x, zp_x, row_sums, F, bias, out_dtype, pairs_args) -> torch.Tensor:
-    """``cast(((C [+ fix] - zp_x r_w) s_w s_x + F) + bias)``: ``epilogue.finish`` with ``F`` its one product."""
+    """``cast(((C [+ fix] - zp_x r_w) s_w s_x + F) + bias)``: ``epilogue.finish`` with ``F`` its one product
+    (``None``: no row has a float entry, and adding its ``-0`` would change no bit)."""
     ops = native.ops() if C.device.type == "cpu" else None
     if ops is not None and C.is_contiguous():
         fix, codes, inexact = pairs_args
         csr = (None, None, None) if fix is None else (fix.crow_indices(), fix.col_indices(), fix.values().float())
         s_w = s_w.float().contiguous()
         b = None if bias is None else bias.float().contiguous()
-        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, [F], False, b, out_dtype, inexact)
+        sums = [] if F is None else [F]
+        return ops.epilogue(C, s_w, s_x, zp_x, row_sums, codes, *csr, sums, False, b, out_dtype, inexact)
     fix, codes, inexact = pairs_args
     out = epilogue.finish(C, s_w, s_x, zp_x, row_sums, fix=fix, codes=codes, inexact=inexact)  # float32
-    out.add_(F)
+    if F is not None:
+        out.add_(F)
     if bias is not None:
         out.add_(bias.float())
     return out.to(out_dtype)
@@ -84,7 +94,7 @@ def _forward_cpu_invariant(X, W_i8, s_w, bias, threshold, packed, activation, ro
         C = cpu_gemm.int8_mm_float(A, W_i8, layout)
     else:
         C = mm.int8_mm_float(A, W_i8, packed=packed)  # torch._int_mm or the reference
-    F = tokenwise.tokenwise_float_sum(X, entries, W_i8, s_w, float_columns, _weight_columns(W_i8, packed))
+    F = _float_part(X, entries, W_i8, s_w, float_columns, packed)
     inexact = torch.zeros(1, dtype=torch.int32) if pairs and not layout.always_exact else None
     pairs_args = (layout.fix, A, inexact) if pairs else (None, None, None)
     out = _finish(C, s_w, s_x, zp_x, row_sums, F, bias, X.dtype, pairs_args)
@@ -102,7 +112,8 @@ def _forward_2d_invariant(X, W_i8, s_w, threshold, packed, activation, row_sums,
         row_sums = epilogue.compute_weight_row_sums(W_i8)  # (N,)
     C = mm.int8_mm(codes.to(torch.int8), W_i8, packed=packed).float()  # exact on every route
     epilogue.denormalize(C, s_x, s_w, zp_x, row_sums)
-    return C.add_(tokenwise.tokenwise_float_sum(X, entries, W_i8, s_w, float_columns, _weight_columns(W_i8, packed)))
+    F = _float_part(X, entries, W_i8, s_w, float_columns, packed)
+    return C if F is None else C.add_(F)
 
 
 class _InvariantFunction(torch.autograd.Function):

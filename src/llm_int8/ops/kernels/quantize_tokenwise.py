@@ -11,10 +11,12 @@ statistics (absmax, or min and max for zeropoint) are taken over its other entri
 ``E_m`` and ``S`` read as 0, so they get the code of 0 (0 for absmax, the zero point for
 zeropoint) and add nothing to the integer product. Their contribution is added in float:
 
-    F[m, :] = (((+0 + x_k1 w_k1) + x_k2 w_k2) + ...) + x_s1 W_S[:, s1] + ...   k1 < k2 < ... in E_m
+    F[m, :] = (((-0 + x_k1 w_k1) + x_k2 w_k2) + ...) + x_s1 W_S[:, s1] + ...   k1 < k2 < ... in E_m
 
 with ``w_k = W_i8[:, k] ⊙ s_w`` (float32, as the column rule's outlier product uses it), each
-product and each sum rounded as written, in that order. ``F`` is a function of row ``m`` alone: no
+product and each sum rounded as written, in that order. ``-0`` is the identity of float addition
+(``x + -0`` is ``x`` for every ``x``, ``+0`` included): a row without entries adds exactly nothing,
+so where no row of the batch has any, ``F`` is left out with the same bits. ``F`` is a function of row ``m`` alone: no
 BLAS reduction whose blocking depends on M, no other row's columns. The layer's output row is then
 ``((C_i32 - zp_x r_w) s_w s_x + F) + bias``, cast (``epilogue.finish``' steps, with ``F`` as its
 product).
@@ -162,7 +164,7 @@ def tokenwise_float_sum(
     X = X if X.dtype in (torch.float32, torch.bfloat16, torch.float16) else X.float()
     if ops is not None:
         return ops.tokenwise_float_sum(X.contiguous(), crow, cols, U, WUT, S, WST)
-    F = torch.zeros(M, N, dtype=torch.float32, device=X.device)
+    F = torch.full((M, N), -0.0, dtype=torch.float32, device=X.device)  # -0: see the module docstring
     if cols.numel():
         rows = torch.repeat_interleave(torch.arange(M, device=X.device), crow.diff())
         mask = torch.zeros(M, X.shape[1], dtype=torch.bool, device=X.device)

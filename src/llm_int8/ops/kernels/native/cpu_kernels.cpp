@@ -693,7 +693,7 @@ at::Tensor scale_bias_cast(const at::Tensor& C, const at::Tensor& s_w, const c10
 //                            |x| >= threshold (non-finite ones always) and the static float columns
 //                            are left out of its range and get the code of 0; their positions come
 //                            back as a CSR list (static columns not included)
-//   tokenwise_float_sum      the float product of those entries, row by row: +0, then + x_k * w_k for
+//   tokenwise_float_sum      the float product of those entries, row by row: -0, then + x_k * w_k for
 //                            the row's entries in increasing k, then + x_s * w_s for the static
 //                            columns in their order, each product and each sum rounded as written
 //
@@ -826,7 +826,7 @@ inline void axpy_rounded(float x, const float* w, int64_t N, float* acc) {
   }
 }
 
-// (M, N) float32: row m holds +0 + sum over its entries k (increasing) of X[m, k] * WUT[pos(k)], then
+// (M, N) float32: row m holds -0 + sum over its entries k (increasing) of X[m, k] * WUT[pos(k)], then
 // + X[m, S[s]] * WST[s] for each static column s. ``U`` (|U|,): the sorted columns that hold any
 // entry, with ``WUT`` (|U|, N) their dequantized weight columns (W_i8[:, U] * s_w, transposed).
 at::Tensor tokenwise_float_sum(const at::Tensor& X, const at::Tensor& crow, const at::Tensor& cols, const at::Tensor& U,
@@ -855,7 +855,9 @@ at::Tensor tokenwise_float_sum(const at::Tensor& X, const at::Tensor& crow, cons
   for (int64_t i = 0; i < cols.numel(); ++i)
     TORCH_CHECK(colp[i] >= 0 && colp[i] < K && pos[colp[i]] >= 0, "tokenwise_float_sum: an entry's column is not in U");
   const float* w = WUT.data_ptr<float>();
-  at::Tensor out = at::zeros({M, N}, X.options().dtype(at::kFloat));
+  // -0: the identity of float addition (x + -0 is x for every x, +0 included), so a row without
+  // entries adds exactly nothing, and one with entries starts from its first product, exactly
+  at::Tensor out = at::full({M, N}, -0.0, X.options().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
   dispatch_float(X.scalar_type(), "tokenwise_float_sum", [&](auto tag) {
     using T = decltype(tag);
