@@ -74,7 +74,7 @@ def _layer_rows(model, inputs: dict, layer: int, rounds: int) -> list[dict]:
             columns = int((X.abs() >= default.threshold).any(dim=0).sum())
             with torch.inference_mode():
                 times = time_interleaved(
-                    {"fp32": lambda: lin(X), "default": lambda: default(X), "invariant": lambda: invariant(X)},
+                    {k: (lambda f=f, X=X: f(X)) for k, f in (("fp32", lin), ("default", default), ("invariant", invariant))},  # noqa: E501
                     rounds,
                     clock="cpu",
                 )
@@ -143,8 +143,8 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def main(argv=None) -> None:
     text = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/test.txt"
-    args = timing_arguments(__doc__.split("\n")[0], rounds=7, argv=argv,
-                            **{"--layer": dict(type=int, default=15), "--text": dict(type=Path, default=text)})  # fmt: skip
+    extra = {"--layer": dict(type=int, default=15), "--text": dict(type=Path, default=text)}
+    args = timing_arguments(__doc__.split("\n")[0], rounds=7, argv=argv, **extra)
     info = run_info()
     base, tokenizer = load_model(None, dtype=torch.float32)
     base.eval()
