@@ -299,3 +299,14 @@ def test_a_row_without_outliers_gets_the_same_bits_whether_or_not_a_mate_has_som
     assert (bits(alone) == bits(torch.tensor(-0.0))).any()  # the case is there
     mates = torch.cat([x, _mates("other_dims", 8, torch.float32)])
     assert torch.equal(bits(layer(mates)[:2]), bits(alone))
+
+
+def test_the_pytorch_route_is_invariant_too():
+    # float64 inputs (like CUDA tensors and autograd) take the PyTorch steps, one op at a time
+    layer = _layer()
+    x = _token(torch.float64)
+    alone = layer(x)[0]
+    for M in (1, 17, 64):
+        X = torch.cat([_mates("other_dims", M, torch.float64), x])
+        assert torch.equal(layer(X)[-1], alone)
+    assert torch.equal(alone.float(), layer(x.float())[0])  # float64 is rounded to float32 first: same numbers
