@@ -12,7 +12,6 @@ from torch import nn
 import llm_int8
 from llm_int8 import Int8Config, Int8Linear, quantize_model
 from llm_int8.ops import forward_invariant, int8_linear, int8_mm
-from llm_int8.ops.choice import admission
 from llm_int8.ops.choice import cpu as cpu_choice
 from llm_int8.ops.kernels import native, probes
 from llm_int8.ops.kernels import quantize_tokenwise as tokenwise
@@ -96,17 +95,6 @@ def test_only_the_non_finite_rows_are_non_finite():
     bad = ~torch.isfinite(X).all(dim=1)
     assert bad.any() and not torch.isfinite(out[bad]).all(dim=1).any()
     assert torch.isfinite(out[~bad]).all()
-
-
-@pytest.fixture(params=[*probes.ALL_CPU_KERNELS, probes.REFERENCE])
-def kernel(request, monkeypatch):
-    name = request.param
-    if name != probes.REFERENCE and name not in admission.admitted_kernels():
-        why = admission.admission()["dropped"].get(name, "not admitted")
-        pytest.skip(f"CPU int8 kernel {name} is not admitted on this CPU: {why}")
-    monkeypatch.setenv(cpu_choice.BACKEND_ENV, name)
-    assert cpu_choice.gemm_kernel(8, 8, 1) == name
-    return name
 
 
 @pytest.mark.parametrize("activation", ["zeropoint", "absmax"])
