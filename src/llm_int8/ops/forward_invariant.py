@@ -94,6 +94,13 @@ def _forward_cpu_invariant(X, W_i8, s_w, bias, threshold, packed, activation, ro
         C = cpu_gemm.int8_mm_float(A, W_i8, layout)
     else:
         C = mm.int8_mm_float(A, W_i8, packed=packed)  # torch._int_mm or the reference
+    ops = native.ops()
+    if not pairs and ops is not None and (entries[1].numel() or float_columns is not None):
+        # the float part formed row by row inside the epilogue pass: no (M, N) F in memory; same bits
+        U, WUT, S, WST = tokenwise.float_operands(entries, W_i8, s_w, float_columns, _weight_columns(W_i8, packed))
+        b = None if bias is None else bias.float().contiguous()
+        return ops.epilogue_tokenwise(C, s_w.float().contiguous(), s_x, zp_x, row_sums, X.contiguous(), *entries,
+                                      U, WUT, S, WST, b, X.dtype)  # fmt: skip
     F = _float_part(X, entries, W_i8, s_w, float_columns, packed)
     inexact = torch.zeros(1, dtype=torch.int32) if pairs and not layout.always_exact else None
     pairs_args = (layout.fix, A, inexact) if pairs else (None, None, None)

@@ -41,6 +41,7 @@ from . import native
 __all__ = [
     "TokenEntries",
     "float_mask",
+    "float_operands",
     "quantize_into_tokenwise",
     "quantize_with_statistics",
     "token_statistics",
@@ -140,6 +141,17 @@ def quantize_into_tokenwise(
     return s_x, zp, entries
 
 
+def float_operands(entries: TokenEntries, W_i8, s_w, float_columns=None, weight_columns=None):
+    """``(U, WUT, S, WST)``: the sorted columns ``U`` holding any row's entry with their weight columns
+    ``w_k = W_i8[:, k] ⊙ s_w`` as rows of ``WUT`` (|U|, N) float32, and the static dims ``S`` with
+    ``WST = W_S^T`` (|S|, N) float32 (``None, None`` without float columns)."""
+    U = torch.unique(entries[1])  # sorted
+    W_U = weight_columns(U) if weight_columns is not None and U.numel() else W_i8.index_select(1, U)  # (N, |U|)
+    WUT = (W_U.float() * s_w.float()[:, None]).T.contiguous()  # (|U|, N)
+    S, WST = (None, None) if float_columns is None else (float_columns[0], float_columns[1].float().T.contiguous())
+    return U, WUT, S, WST
+
+
 def tokenwise_float_sum(
     X: torch.Tensor,
     entries: TokenEntries,
@@ -156,10 +168,7 @@ def tokenwise_float_sum(
     """
     crow, cols = entries
     M, N = X.shape[0], W_i8.shape[0]
-    U = torch.unique(cols)  # sorted
-    W_U = weight_columns(U) if weight_columns is not None and U.numel() else W_i8.index_select(1, U)  # (N, |U|)
-    WUT = (W_U.float() * s_w.float()[:, None]).T.contiguous()  # (|U|, N): w_k = W_i8[:, k] ⊙ s_w
-    S, WST = (None, None) if float_columns is None else (float_columns[0], float_columns[1].float().T.contiguous())
+    U, WUT, S, WST = float_operands(entries, W_i8, s_w, float_columns, weight_columns)
     ops = native.ops() if X.device.type == "cpu" else None
     X = X if X.dtype in (torch.float32, torch.bfloat16, torch.float16) else X.float()
     if ops is not None:

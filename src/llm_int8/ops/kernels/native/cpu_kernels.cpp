@@ -872,6 +872,75 @@ at::Tensor tokenwise_float_sum(const at::Tensor& X, const at::Tensor& crow, cons
   return out;
 }
 
+// The epilogue pass with each row's float part formed in a row buffer, never as an (M, N) tensor:
+// row m = cast(((C - zp r) s_w s_x + F_m) + bias), F_m as tokenwise_float_sum forms it, each element by
+// the epilogue's own finish8 / finish_scalar (so the bits of epilogue(..., [F]) exactly). For the GEMMs
+// whose output needs no sparse fix (every kernel but FBGEMM_PAIRS' fused route).
+at::Tensor epilogue_tokenwise(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor& s_x,
+                              const c10::optional<at::Tensor>& zp, const c10::optional<at::Tensor>& row_sums,
+                              const at::Tensor& X, const at::Tensor& crow, const at::Tensor& cols, const at::Tensor& U,
+                              const at::Tensor& WUT, const c10::optional<at::Tensor>& S,
+                              const c10::optional<at::Tensor>& WST, const c10::optional<at::Tensor>& bias,
+                              at::ScalarType out_dtype) {
+  const int64_t M = s_x.numel(), N = s_w.numel(), K = X.size(1);
+  TORCH_CHECK(C.dim() == 2 && C.scalar_type() == at::kFloat && C.is_contiguous() && C.size(0) >= M && C.size(1) == N,
+              "epilogue_tokenwise: C must be a contiguous float32 (>= M, N) tensor");
+  TORCH_CHECK(X.dim() == 2 && X.is_contiguous() && X.size(0) == M, "epilogue_tokenwise: X must be a contiguous (M, K) tensor");
+  TORCH_CHECK(crow.scalar_type() == at::kLong && crow.numel() == M + 1 && cols.scalar_type() == at::kLong &&
+                  U.scalar_type() == at::kLong && crow.is_contiguous() && cols.is_contiguous() && U.is_contiguous(),
+              "epilogue_tokenwise: crow (M + 1,), cols and U must be contiguous int64");
+  TORCH_CHECK(WUT.dim() == 2 && WUT.size(0) == U.numel() && WUT.size(1) == N && WUT.scalar_type() == at::kFloat &&
+                  WUT.is_contiguous(),
+              "epilogue_tokenwise: WUT must be a contiguous float32 (|U|, N) tensor");
+  TORCH_CHECK(S.has_value() == WST.has_value(), "epilogue_tokenwise: S and WST come together");
+  const float* zpp = optional_ptr(zp, M, "zp");
+  const float* r = optional_ptr(row_sums, N, "row_sums");
+  TORCH_CHECK((zpp == nullptr) == (r == nullptr), "epilogue_tokenwise: zp and row_sums come together");
+  const int64_t n_static = S.has_value() ? S->numel() : 0;
+  const int64_t* sp = n_static ? S->data_ptr<int64_t>() : nullptr;
+  const float* wst = n_static ? optional_ptr(WST, n_static * N, "WST") : nullptr;
+  std::vector<int64_t> pos(K, -1);
+  const int64_t* up = U.data_ptr<int64_t>();
+  for (int64_t j = 0; j < U.numel(); ++j) {
+    TORCH_CHECK(up[j] >= 0 && up[j] < K, "epilogue_tokenwise: U out of range");
+    pos[up[j]] = j;
+  }
+  for (int64_t s = 0; s < n_static; ++s) TORCH_CHECK(sp[s] >= 0 && sp[s] < K, "epilogue_tokenwise: S out of range");
+  const int64_t* cp = crow.data_ptr<int64_t>();
+  const int64_t* colp = cols.data_ptr<int64_t>();
+  TORCH_CHECK(cp[0] == 0 && cp[M] == cols.numel(), "epilogue_tokenwise: crow must index cols");
+  for (int64_t i = 0; i < cols.numel(); ++i)
+    TORCH_CHECK(colp[i] >= 0 && colp[i] < K && pos[colp[i]] >= 0, "epilogue_tokenwise: an entry's column is not in U");
+  const float* w = WUT.data_ptr<float>();
+  const float* sw = optional_ptr(s_w, N, "s_w");
+  const float* sx = optional_ptr(s_x, M, "s_x");
+  const float* b = optional_ptr(bias, N, "bias");
+  at::Tensor out = at::empty({M, N}, C.options().dtype(out_dtype));
+  dispatch_float(X.scalar_type(), "epilogue_tokenwise", [&](auto x_tag) {
+    using T = decltype(x_tag);
+    const T* x = X.data_ptr<T>();
+    dispatch_float(out_dtype, "epilogue_tokenwise", [&](auto out_tag) {
+      using O = decltype(out_tag);
+      O* o = out.data_ptr<O>();
+      at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
+        std::vector<float> buf(N);
+        for (int64_t m = m0; m < m1; ++m) {
+          // row m as a one-row epilogue: its pointers offset to the row, the row's F as its one product
+          Epilogue e{C.data_ptr<float>() + m * N, zpp ? zpp + m : nullptr, r, sw, sx + m, {Product{}, Product{}}, b, N};
+          if (cp[m + 1] > cp[m] || n_static) {
+            std::fill(buf.begin(), buf.end(), -0.0f);
+            for (int64_t i = cp[m]; i < cp[m + 1]; ++i) axpy_rounded(to_f32(x[m * K + colp[i]]), w + pos[colp[i]] * N, N, buf.data());
+            for (int64_t s = 0; s < n_static; ++s) axpy_rounded(to_f32(x[m * K + sp[s]]), wst + s * N, N, buf.data());
+            e.p[0].sum = buf.data();
+          }
+          finish_rows(e, 0, 1, o + m * N);
+        }
+      });
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(llm_int8_cpu, m) {
@@ -880,7 +949,10 @@ TORCH_LIBRARY_FRAGMENT(llm_int8_cpu, m) {
   m.def("tokenwise_float_sum(Tensor X, Tensor crow, Tensor cols, Tensor U, Tensor WUT, Tensor? S=None, "
         "Tensor? WST=None) -> Tensor");
   m.impl("quantize_rows_tokenwise", c10::DispatchKey::CPU, TORCH_FN(quantize_rows_tokenwise));
+  m.def("epilogue_tokenwise(Tensor C, Tensor s_w, Tensor s_x, Tensor? zp, Tensor? row_sums, Tensor X, Tensor crow, "
+        "Tensor cols, Tensor U, Tensor WUT, Tensor? S, Tensor? WST, Tensor? bias, ScalarType out_dtype) -> Tensor");
   m.impl("tokenwise_float_sum", c10::DispatchKey::CPU, TORCH_FN(tokenwise_float_sum));
+  m.impl("epilogue_tokenwise", c10::DispatchKey::CPU, TORCH_FN(epilogue_tokenwise));
 }
 
 TORCH_LIBRARY(llm_int8_cpu, m) {
