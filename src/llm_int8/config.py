@@ -43,11 +43,14 @@ class Int8Config:
     ``activation``: ``"zeropoint"`` (default: asymmetric per-token codes, twice the resolution on
     skewed rows, at one rank-1 update per call; see ``llm_int8.ops.int8_linear``) or ``"absmax"``
     (the paper's symmetric per-token codes). The stored int8 weight is the same for both.
+    ``batch_invariant``: run every layer in the batch-invariant mode (``Int8Linear.batch_invariant``:
+    a token's output does not depend on its batch mates; per-token outliers). Same stored weight.
     """
 
     threshold: float = DEFAULT_THRESHOLD
     skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES  # a str or list is accepted and normalised
     activation: str = DEFAULT_ACTIVATION
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
@@ -63,6 +66,8 @@ class Int8Config:
                 raise ValueError(f"skip_modules must hold non-empty module names, got {name!r}")
         if self.activation not in ACTIVATION_QUANTIZERS:
             raise ValueError(f"activation must be one of {ACTIVATION_QUANTIZERS}, got {self.activation!r}")
+        if not isinstance(self.batch_invariant, bool):
+            raise TypeError(f"batch_invariant must be a bool, got {self.batch_invariant!r}")
         object.__setattr__(self, "threshold", float(self.threshold))
         object.__setattr__(self, "skip_modules", skip)
 

@@ -29,6 +29,7 @@ _DEFAULT_METHODS = ",".join(
         "default",
         "calibrated",
         "precise",
+        "batch_invariant",
         "bitsandbytes",
     )
 )

@@ -21,6 +21,8 @@ method                    ``X`` scale  ``W`` scale      decomposition  how it ru
                           (zeropoint)                                 float dims
 ``precise``               per token    per out feature  yes, α = 3    library: ``calibrated`` at α = 3,
                           (zeropoint)                                 value projections kept in float
+``batch_invariant``       per token    per out feature  yes, α = 6,   library: ``default`` with
+                          (zeropoint)                   per token     ``batch_invariant=True``
 ``bitsandbytes``          per token    per out feature  yes, α = 6    bitsandbytes ``Linear8bitLt`` (where
                                                                       installed), the paper's method as
                                                                       its authors ship it
@@ -85,6 +87,7 @@ class MethodSpec:
     calibrated: bool = False  # library only: float dims calibrated on CALIBRATION_TEXT
     keep_float: tuple[str, ...] = ()  # library only: module names kept in float besides lm_head
     bitsandbytes: bool = False  # run bitsandbytes' Linear8bitLt at ``threshold`` instead
+    batch_invariant: bool = False  # library only: Int8Linear.batch_invariant (per-token outliers)
     # an experimental variant: converts a copy of the model itself (the other fields are then only labels)
     convert: Callable[[nn.Module], nn.Module] | None = field(default=None, compare=False, repr=False)
 
@@ -99,7 +102,7 @@ class MethodSpec:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
         if self.library and self.weight_zeropoint:
             raise ValueError("library methods store an absmax vector-wise weight: set w_zeropoint=False")
-        if (self.calibrated or self.keep_float) and not self.library:
+        if (self.calibrated or self.keep_float or self.batch_invariant) and not self.library:
             raise ValueError("calibrated float dims and keep_float apply to library methods only")
         if self.bitsandbytes and self.library:
             raise ValueError("a method runs either this library's Int8Linear or bitsandbytes, not both")
@@ -164,6 +167,12 @@ METHODS: dict[str, MethodSpec] = {
             threshold=3.0,
             calibrated=True,
             keep_float=("v_proj", "value"),
+        ),
+        replace(
+            _DEFAULT,
+            name="batch_invariant",
+            description="default in the batch-invariant mode: per-token outliers, no weight-only kernel",
+            batch_invariant=True,
         ),
         MethodSpec(
             "bitsandbytes",
@@ -329,7 +338,12 @@ def apply_method(
                 raise ValueError(f"method {spec.name!r} calibrates its float dims: pass calibration_ids")
             float_dims = calibrate_outlier_dims(converted, calibration_ids, spec.threshold, skip_modules=skip)
         return quantize_model(
-            converted, threshold=spec.threshold, skip_modules=skip, activation=activation, float_dims=float_dims
+            converted,
+            threshold=spec.threshold,
+            skip_modules=skip,
+            activation=activation,
+            float_dims=float_dims,
+            batch_invariant=spec.batch_invariant,
         )
     if spec.bitsandbytes:
         targets = _linear_targets(converted, tuple(skip_modules))

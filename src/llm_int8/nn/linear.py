@@ -35,6 +35,12 @@ class Int8Linear(nn.Module):
     ``llm_int8.ops.int8_linear``) or ``"absmax"`` (the paper). Neither is saved in ``state_dict``: the
     stored weight is the same for both.
 
+    ``batch_invariant``: each token's output row a function of that token's row alone, bit for bit,
+    whatever else is in the batch and whatever its size (``llm_int8.ops.forward_invariant``:
+    per-token outliers, no weight-only kernel; ``LLM_INT8_BATCH_INVARIANT=1`` sets it for every
+    layer of the process). Saved with the model's quantization config, as ``threshold`` and
+    ``activation`` are; a runtime choice too: set the attribute at will.
+
     ``weight_only_max_tokens``: inputs of at most this many tokens (decoding) run the int8-weight,
     bf16-activation kernel (``llm_int8.ops.kernels.weight_only``) instead, on CPU, where reading the weight
     is all the time there is; ``None`` (default) uses the measured crossover
@@ -66,6 +72,7 @@ class Int8Linear(nn.Module):
         activation: str = DEFAULT_ACTIVATION,
         weight_only_max_tokens: int | None = None,
         float_dims: Sequence[int] | torch.Tensor | None = None,
+        batch_invariant: bool = False,
     ) -> None:
         super().__init__()
         if in_features <= 0 or out_features <= 0:
@@ -79,6 +86,7 @@ class Int8Linear(nn.Module):
         self.threshold = float(threshold)
         self.activation = activation
         self.weight_only_max_tokens = weight_only_max_tokens
+        self.batch_invariant = _check_flag(batch_invariant)
         # derived, never saved: the backend's packed copy of weight_int8 and its row sums (for
         # zeropoint activations), rebuilt when that buffer changes
         self._packed_weight = PackedWeightCache()
@@ -110,6 +118,7 @@ class Int8Linear(nn.Module):
         activation: str = DEFAULT_ACTIVATION,
         weight_only_max_tokens: int | None = None,
         float_dims: Sequence[int] | torch.Tensor | None = None,
+        batch_invariant: bool = False,
     ) -> Int8Linear:
         """Quantize an ``nn.Linear`` (or transformers' ``Conv1D``, whose weight is (in, out)).
 
@@ -130,6 +139,7 @@ class Int8Linear(nn.Module):
             device=weight.device,
             activation=activation,
             weight_only_max_tokens=weight_only_max_tokens,
+            batch_invariant=batch_invariant,
         )
         with torch.no_grad():
             W = weight.detach()
@@ -178,6 +188,7 @@ class Int8Linear(nn.Module):
             weight_row_sums=self._row_sums,
             weight_only_max_tokens=self.weight_only_max_tokens,  # None: measured per shape, inside the op
             float_columns=None if self.float_dims is None else (self.float_dims, self.float_weight),
+            batch_invariant=self.batch_invariant,
         )
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -236,7 +247,14 @@ class Int8Linear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, threshold={self.threshold}, activation={self.activation}"
+            + (", batch_invariant=True" if self.batch_invariant else "")
         )
+
+
+def _check_flag(batch_invariant) -> bool:
+    if not isinstance(batch_invariant, bool):
+        raise TypeError(f"batch_invariant must be a bool, got {batch_invariant!r}")
+    return batch_invariant
 
 
 def _check_loaded_dtypes(state_dict, prefix: str, errors: list[str]) -> bool:

@@ -8,7 +8,8 @@
   weight-only crossover (``cpu.py``), Triton or cuBLASLt on a GPU (``cuda.py``), kept on disk
   (``cache.py``). It times kernels, or a callable it is given; it never imports the op.
 * the op: ``linear.py`` (``int8_linear``, the public entry), ``forward.py`` (the method's steps and
-  its autograd), ``forward_cuda.py`` (the GPU route), ``mm.py`` (``int8_mm``, the integer GEMM as an
+  its autograd), ``forward_invariant.py`` (the batch-invariant mode),
+  ``forward_cuda.py`` (the GPU route), ``mm.py`` (``int8_mm``, the integer GEMM as an
   op), ``custom_op.py`` (``llm_int8::int8_linear`` for ``torch.compile``), ``prepack.py`` (derived
   weight layouts, cached per module).
 """

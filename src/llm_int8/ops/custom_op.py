@@ -56,22 +56,27 @@ def _forward(
     weight_only_max_tokens: Optional[int],  # noqa: UP045
     float_dims: Optional[torch.Tensor],  # noqa: UP045
     float_weight: Optional[torch.Tensor],  # noqa: UP045
+    batch_invariant: bool = False,
+    stat_max: Optional[torch.Tensor] = None,  # noqa: UP045
+    stat_min: Optional[torch.Tensor] = None,  # noqa: UP045
 ) -> torch.Tensor:
     packed, row_sums = _caches_for(weight_int8) if x.device.type == "cpu" else (None, None)
     with torch.no_grad():  # the op's gradient is its registered formula, not the eager autograd.Function
         float_columns = None if float_dims is None else (float_dims, float_weight)
+        statistics = None if stat_max is None else (stat_max, stat_min)
         return forward(
             x, weight_int8, weight_scale, bias, threshold, activation, packed, row_sums, weight_only_max_tokens,
-            float_columns,
+            float_columns, batch_invariant, statistics,
         )  # fmt: skip
 
 
-def _fake(x, weight_int8, weight_scale, bias, threshold, activation, weight_only_max_tokens, float_dims, float_weight):
+def _fake(x, weight_int8, weight_scale, bias, threshold, activation, weight_only_max_tokens, float_dims, float_weight,
+          batch_invariant=False, stat_max=None, stat_min=None):  # fmt: skip
     return x.new_empty(*x.shape[:-1], weight_int8.shape[0])  # (..., out_features) in x's dtype
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight_int8, weight_scale, bias, _, _, _, float_dims, float_weight = inputs
+    x, weight_int8, weight_scale, bias, _, _, _, float_dims, float_weight = inputs[:9]
     ctx.save_for_backward(weight_int8, weight_scale, float_dims, float_weight)
     ctx.x_dtype = x.dtype
     ctx.bias_dtype = None if bias is None else bias.dtype
@@ -86,7 +91,7 @@ def _backward(ctx, grad_out):
         grad_x = (grad_out.float() @ W).to(ctx.x_dtype)
     if ctx.needs_input_grad[3]:
         grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).float().sum(0).to(ctx.bias_dtype)
-    return grad_x, None, None, grad_bias, None, None, None, None, None
+    return grad_x, None, None, grad_bias, None, None, None, None, None, None, None, None
 
 
 def _register():

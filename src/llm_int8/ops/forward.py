@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from ..primitives import ACTIVATION_QUANTIZERS
-from . import forward_cuda, mm
+from . import forward_cuda, forward_invariant, mm
 from .choice import cpu as cpu_choice
 from .kernels import bf16, codes_gemm, cpu_gemm, epilogue, probes, weight_only
 from .kernels.quantize import quantize_activations, quantize_activations_zeropoint, quantize_into
@@ -227,10 +227,15 @@ def _int8_2d(X, weight_int8, weight_scale, bias, threshold, activation, packed, 
 
 
 def forward(x, weight_int8, weight_scale, bias, threshold, activation, packed, row_sums, weight_only_max_tokens,
-            float_columns) -> torch.Tensor:  # fmt: skip
+            float_columns, batch_invariant=False, statistics=None) -> torch.Tensor:  # fmt: skip
     """``llm_int8.ops.int8_linear`` run eagerly, its arguments in order (``linear.py`` documents them;
     ``packed`` and ``row_sums`` are its ``packed_weight`` and ``weight_row_sums``)."""
     check_inputs(x, weight_int8, weight_scale, bias, threshold, activation)
+    invariant = forward_invariant.enabled(batch_invariant)
+    if statistics is not None and not invariant:
+        raise ValueError("int8_linear: statistics (per-token ranges) need batch_invariant=True")
+    if invariant:
+        weight_only_max_tokens = 0  # one numeric definition at every M: no weight-only kernel below a crossover
     N, K = weight_int8.shape
     if "meta" in (x.device.type, weight_int8.device.type):  # shape inference: no data to find outliers in
         return torch.nn.functional.linear(x.to("meta"), torch.empty(N, K, dtype=x.dtype, device="meta"))
@@ -255,6 +260,12 @@ def forward(x, weight_int8, weight_scale, bias, threshold, activation, packed, r
         packed = packed.get(weight_int8)
     if isinstance(row_sums, PackedWeightCache):
         row_sums = row_sums.get(weight_int8) if activation == "zeropoint" else None
+    if invariant:
+        out = forward_invariant.forward_invariant(
+            X, weight_int8, weight_scale, bias, threshold, activation, packed, row_sums, float_columns, statistics,
+            needs_grad(x, bias),
+        )  # fmt: skip
+        return out.reshape(*lead, N)
     if x.device.type == "cuda" and not needs_grad(x, bias):  # Triton or cuBLASLt, as measured
         out = forward_cuda.int8_linear_cuda(
             X, weight_int8, weight_scale, bias, threshold, activation, row_sums, float_columns,

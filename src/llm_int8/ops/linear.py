@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import custom_op
+from . import custom_op, forward_invariant
 from .forward import check_inputs, forward, needs_grad
 from .prepack import PackedWeight, PackedWeightCache
 
@@ -34,6 +34,8 @@ def int8_linear(
     weight_row_sums: torch.Tensor | PackedWeightCache | None = None,
     weight_only_max_tokens: int | None = 0,
     float_columns: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_invariant: bool = False,
+    statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """LLM.int8() linear layer: ``x`` (..., K) float -> (..., N) in ``x``'s dtype.
 
@@ -53,6 +55,14 @@ def int8_linear(
     measured for this shape on this machine (``choice/cpu.py``), which ``Int8Linear`` uses.
     ``float_columns = (S, W_S)``: input dims always computed in float, with their float weight columns.
 
+    ``batch_invariant``: each token's output row a function of that row alone, bit for bit, at any
+    batch size and batch composition (``forward_invariant.py``): per-token outliers, no weight-only
+    kernel, every float step summed in a fixed order per row. ``LLM_INT8_BATCH_INVARIANT=1`` turns it
+    on for every call of the process. ``statistics = (row_max, row_min)``, (tokens,) each, only in
+    that mode: the per-token ranges to quantize with instead of each row's own over this ``x``
+    (``kernels.quantize_tokenwise.token_statistics``), for a row-parallel layer whose ranks
+    all-reduce them first (docs/batch_invariance.md).
+
     NaN/Inf policy: a column of ``x`` that holds a non-finite value is always computed in float,
     so non-finite values propagate to exactly the outputs ``nn.Linear`` would make non-finite,
     and never corrupt the int8 scale of other values. The weight-only path multiplies ``x`` as it
@@ -63,10 +73,12 @@ def int8_linear(
         S, W_S = (None, None) if float_columns is None else float_columns
         if needs_grad(x, bias):  # as in eager: a differentiated call never takes the weight-only path
             weight_only_max_tokens = 0
+        hi, lo = (None, None) if statistics is None else statistics
         return custom_op.OP(
-            x, weight_int8, weight_scale, bias, float(threshold), activation, weight_only_max_tokens, S, W_S
-        )
+            x, weight_int8, weight_scale, bias, float(threshold), activation, weight_only_max_tokens, S, W_S,
+            forward_invariant.enabled(batch_invariant), hi, lo,
+        )  # fmt: skip
     return forward(
         x, weight_int8, weight_scale, bias, threshold, activation, packed_weight, weight_row_sums,
-        weight_only_max_tokens, float_columns,
+        weight_only_max_tokens, float_columns, batch_invariant, statistics,
     )  # fmt: skip

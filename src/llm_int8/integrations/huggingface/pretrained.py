@@ -85,6 +85,7 @@ class _LayerPlan:
     to_int8: list[str]
     kept: list[str]
     float_dims: dict[str, list[int]] | None
+    batch_invariant: bool = False
 
 
 def from_pretrained(
@@ -100,6 +101,7 @@ def from_pretrained(
     auto_class=None,
     activation: str | None = None,
     float_dims: Mapping[str, Sequence[int]] | None = None,
+    batch_invariant: bool | None = None,
     **kwargs,
 ):
     """Load a Hugging Face causal LM with its linear layers as ``Int8Linear``, streaming the weights.
@@ -122,6 +124,8 @@ def from_pretrained(
     columns stay in float and are always computed in float (``Int8Linear.float_dims``), e.g. from
     ``llm_int8.analysis.calibrate_outlier_dims`` or the ``float_dims`` of a saved config; taken
     out of each weight as it streams in. An int8 checkpoint keeps the float dims it was saved with.
+    ``batch_invariant``: run every int8 layer in the batch-invariant mode (``Int8Linear.batch_invariant``);
+    ``None`` uses the saved value of an llm_int8 checkpoint, else ``False``.
     Remaining ``kwargs`` go to ``AutoConfig.from_pretrained``.
 
     Checkpoint names go through transformers' own renamings for the architecture
@@ -139,9 +143,8 @@ def from_pretrained(
     auto_class = auto_class or AutoModelForCausalLM
     folder, gguf_kwargs = _local_folder(model, kwargs)
     if folder is None:
-        return _from_gguf(
-            model, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation, float_dims
-        )
+        args = (threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation, float_dims)
+        return _from_gguf(model, *args, _batch_invariant(None, batch_invariant))
     # 1. config, checkpoint headers, the compute dtype, and the model skeleton on meta
     config, saved_q = _read_config(folder, kwargs)
     shards = CheckpointShards(folder)
@@ -150,11 +153,11 @@ def from_pretrained(
     hf_model = _skeleton_on_meta(auto_class, config, dtype)
     keymap = CheckpointKeys(hf_model)
     if not saved_q and keymap.needs_conversion(headers):
-        return _through_transformers(
-            folder, auto_class, threshold, skip_modules, device_map, max_memory, dtype, activation, float_dims
-        )
+        args = (auto_class, threshold, skip_modules, device_map, max_memory, dtype, activation, float_dims)
+        return _through_transformers(folder, *args, _batch_invariant(None, batch_invariant))
     # 2. which linear layers become int8; swap them on meta
     plan = _plan_layers(hf_model, folder, saved_q, headers, keymap, threshold, activation, skip_modules, float_dims)
+    plan.batch_invariant = _batch_invariant(saved_q, batch_invariant)
     conv1d = _swap_on_meta(hf_model, plan, dtype)
     # 3. device plan on the int8 skeleton
     device_map = plan_device_map(hf_model, device_map, max_memory, dtype)
@@ -167,10 +170,24 @@ def from_pretrained(
     return _finish(hf_model, folder, plan, device_map, offload_folder, loader.offload_index)
 
 
+def _batch_invariant(saved_q: dict | None, batch_invariant: bool | None) -> bool:
+    """The argument, else the saved setting of an llm_int8 checkpoint, else off (validated as ``Int8Config`` does)."""
+    if batch_invariant is None:
+        ours = bool(saved_q) and saved_q.get("quant_method") == QUANT_METHOD
+        batch_invariant = bool(ours and saved_q.get("batch_invariant"))
+    return Int8Config(batch_invariant=batch_invariant).batch_invariant
+
+
 def _swap_on_meta(hf_model, plan: _LayerPlan, dtype: torch.dtype) -> set[str]:
     """Swap the planned layers for ``Int8Linear`` on meta; the names of those that were ``Conv1D``."""
     swapped = swap_linears_on_meta(
-        hf_model, plan.to_int8, plan.threshold, bias_dtype=dtype, activation=plan.activation, float_dims=plan.float_dims
+        hf_model,
+        plan.to_int8,
+        plan.threshold,
+        bias_dtype=dtype,
+        activation=plan.activation,
+        float_dims=plan.float_dims,
+        batch_invariant=plan.batch_invariant,
     )
     return set(swapped)
 
@@ -209,7 +226,9 @@ def _finish(hf_model, folder, plan: _LayerPlan, device_map, offload_folder, offl
         still_meta = [n for n, t in [*hf_model.named_parameters(), *hf_model.named_buffers()] if t.is_meta]
         if still_meta:
             raise CheckpointError(f"{folder}: tensors left unloaded: {still_meta[:10]}")
-    _attach_config(hf_model, plan.threshold, plan.user_skip, plan.kept, plan.activation, plan.float_dims)
+    _attach_config(
+        hf_model, plan.threshold, plan.user_skip, plan.kept, plan.activation, plan.float_dims, plan.batch_invariant
+    )
     if device_map:
         hf_model.hf_device_map = device_map
         hf_model = dispatch(hf_model, device_map, offload_folder, offload_index)
@@ -286,7 +305,7 @@ def _plan_layers(
 
 
 def _through_transformers(
-    folder, auto_class, threshold, skip_modules, device_map, max_memory, dtype, activation, float_dims
+    folder, auto_class, threshold, skip_modules, device_map, max_memory, dtype, activation, float_dims, batch_invariant
 ):
     """A checkpoint transformers must convert (merge / split tensors) on load: its own loader, with
     ``LLMInt8Config`` quantizing each weight as it is materialised."""
@@ -296,6 +315,7 @@ def _through_transformers(
         skip_modules=list(skip_modules or []) or None,
         activation=DEFAULT_ACTIVATION if activation is None else activation,
         float_dims={k: list(v) for k, v in float_dims.items()} if float_dims else None,
+        batch_invariant=batch_invariant,
     )
     model = auto_class.from_pretrained(
         folder, quantization_config=config, dtype=dtype, device_map=device_map, max_memory=max_memory
@@ -303,7 +323,9 @@ def _through_transformers(
     return model.eval()
 
 
-def _attach_config(model: nn.Module, threshold: float, user_skip, kept, activation: str, float_dims=None) -> None:
+def _attach_config(
+    model: nn.Module, threshold: float, user_skip, kept, activation: str, float_dims=None, batch_invariant=False
+) -> None:
     """Record the quantization on the model so ``save_pretrained`` writes it to ``config.json``."""
     qconfig = LLMInt8Config(
         threshold=threshold,
@@ -311,6 +333,7 @@ def _attach_config(model: nn.Module, threshold: float, user_skip, kept, activati
         modules_to_not_convert=kept,
         activation=activation,
         float_dims=float_dims,
+        batch_invariant=batch_invariant,
     )
     model.config.quantization_config = qconfig
     model.hf_quantizer = LLMInt8HfQuantizer(qconfig, pre_quantized=True)
@@ -319,7 +342,9 @@ def _attach_config(model: nn.Module, threshold: float, user_skip, kept, activati
         model.config._is_quantized = True
 
 
-def _from_gguf(source, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation, float_dims):
+def _from_gguf(
+    source, threshold, skip_modules, dtype, auto_class, gguf_kwargs, progress, activation, float_dims, batch_invariant
+):
     """GGUF: transformers dequantizes it to float on load; convert after (a GGUF is small anyway)."""
     name, extra = resolve_model_source(source)
     model = auto_class.from_pretrained(name, dtype=dtype or torch.float32, **extra)
@@ -334,7 +359,8 @@ def _from_gguf(source, threshold, skip_modules, dtype, auto_class, gguf_kwargs, 
         progress=progress,
         activation=activation,
         float_dims=float_dims,
+        batch_invariant=batch_invariant,
     )
-    _attach_config(model, threshold, skip_modules, kept, activation, float_dims)
+    _attach_config(model, threshold, skip_modules, kept, activation, float_dims, batch_invariant)
     model.eval()
     return model

@@ -82,6 +82,7 @@ class LLMInt8Config(QuantizationConfigMixin):
     (``Int8Linear.float_dims``; ``quantize_model(float_dims=...)``), filled in when such a model is
     saved, so a reload sizes those layers' ``float_weight``. Given for a float checkpoint, the
     named layers keep those columns in float as they are quantized.
+    ``batch_invariant``: the layers run in the batch-invariant mode (``Int8Linear.batch_invariant``).
     ``format_version``: checked on load; a newer format than this library knows is an error.
     """
 
@@ -95,6 +96,7 @@ class LLMInt8Config(QuantizationConfigMixin):
         float_dims: dict[str, list[int]] | None = None,
         skip_output_layer: bool = True,
         fp32_cpu_offload: bool = False,
+        batch_invariant: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("quant_method", None)
@@ -110,7 +112,10 @@ class LLMInt8Config(QuantizationConfigMixin):
             skip_modules = None
         # validates threshold and names the same way as quantize_model
         checked = Int8Config(
-            threshold=threshold, skip_modules=tuple(skip_modules or ("lm_head",)), activation=activation
+            threshold=threshold,
+            skip_modules=tuple(skip_modules or ("lm_head",)),
+            activation=activation,
+            batch_invariant=batch_invariant,
         )
         if not isinstance(format_version, int) or format_version < 1:
             raise ValueError(f"format_version must be a positive int, got {format_version!r}")
@@ -125,6 +130,7 @@ class LLMInt8Config(QuantizationConfigMixin):
         self.quant_method = QUANT_METHOD
         self.threshold = checked.threshold
         self.activation = checked.activation
+        self.batch_invariant = checked.batch_invariant
         self.skip_modules = list(skip_modules) if skip_modules is not None else None
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
         self.format_version = format_version
@@ -143,6 +149,7 @@ class LLMInt8Config(QuantizationConfigMixin):
             **({"float_dims": self.float_dims} if self.float_dims else {}),
             **({"skip_output_layer": False} if not self.skip_output_layer else {}),
             **({"fp32_cpu_offload": True} if self.fp32_cpu_offload else {}),
+            **({"batch_invariant": True} if self.batch_invariant else {}),
         }
 
 
@@ -275,6 +282,7 @@ class _QuantizeOnLoad(ConversionOps):
                 device="meta",
                 activation=self.hf_quantizer.quantization_config.activation,
                 float_dims=dims,
+                batch_invariant=self.hf_quantizer.quantization_config.batch_invariant,
             )
             if bias is not None:
                 new.bias = bias  # already loaded (keys arrive sorted, bias first) or filled in later
@@ -329,6 +337,7 @@ class LLMInt8HfQuantizer(HfQuantizer):
                 bias_dtype=dtype if dtype else None,
                 activation=cfg.activation,
                 float_dims=cfg.float_dims,
+                batch_invariant=cfg.batch_invariant,
             )
             _mark_initialized(model, to_int8)
             # the placeholders written in place of the float weights (format 2): not model tensors

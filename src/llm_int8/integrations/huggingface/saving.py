@@ -129,8 +129,12 @@ def _ensure_config(model: nn.Module) -> LLMInt8Config:
     qconfig = getattr(model.config, "quantization_config", None)
     layers = _int8_layers(model)
     float_dims = {n: m.float_dims.tolist() for n, m in layers.items() if m.float_dims is not None} or None
+    invariant = {m.batch_invariant for m in layers.values()}
+    if len(invariant) > 1:
+        raise ValueError("some Int8Linear layers are batch-invariant and some not; the format holds one setting")
     if isinstance(qconfig, LLMInt8Config):
         qconfig.float_dims = float_dims  # what the layers hold now
+        qconfig.batch_invariant = next(iter(invariant))  # as the layers are set now
         return qconfig
     thresholds = {m.threshold for m in layers.values()}
     if len(thresholds) > 1:
@@ -140,7 +144,11 @@ def _ensure_config(model: nn.Module) -> LLMInt8Config:
         raise ValueError(f"the Int8Linear layers use different activations {sorted(activations)}; the format holds one")
     kept = sorted(n for n, m in model.named_modules() if is_linear(m))
     qconfig = LLMInt8Config(
-        threshold=thresholds.pop(), modules_to_not_convert=kept, activation=activations.pop(), float_dims=float_dims
+        threshold=thresholds.pop(),
+        modules_to_not_convert=kept,
+        activation=activations.pop(),
+        float_dims=float_dims,
+        batch_invariant=invariant.pop(),
     )
     model.config.quantization_config = qconfig
     model.hf_quantizer = LLMInt8HfQuantizer(qconfig, pre_quantized=True)

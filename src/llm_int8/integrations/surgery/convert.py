@@ -78,6 +78,7 @@ def quantize_model(
     *,
     activation: str = DEFAULT_ACTIVATION,
     float_dims: Mapping[str, Sequence[int]] | None = None,
+    batch_invariant: bool = False,
     progress: bool = False,
     return_report: bool = False,
 ):
@@ -86,8 +87,8 @@ def quantize_model(
     A layer is kept in float when its name is (or ends in ``.`` + ) a name in ``skip_modules``, or
     when its weight is shared with another module (a tied output embedding): quantizing it would
     untie it or quantize the embedding too. Already-int8 layers are left as they are, so converting
-    twice is a no-op. Works on any ``nn.Module``. ``threshold`` and ``activation`` are those of
-    ``Int8Config``.
+    twice is a no-op. Works on any ``nn.Module``. ``threshold``, ``activation`` and ``batch_invariant``
+    are those of ``Int8Config``.
 
     Returns ``model``, or ``(model, ConversionReport)`` with ``return_report=True``; the report's
     summary is also logged at INFO level.
@@ -96,7 +97,9 @@ def quantize_model(
     computed in float (``Int8Linear.float_dims``), as ``llm_int8.analysis.calibrate_outlier_dims``
     finds them. A name that is not a converted layer is an error.
     """
-    config = Int8Config(threshold=threshold, skip_modules=skip_modules, activation=activation)
+    config = Int8Config(
+        threshold=threshold, skip_modules=skip_modules, activation=activation, batch_invariant=batch_invariant
+    )
     shared = _shared_parameter_ids(model)
     targets: list[tuple[str, nn.Module]] = []
     skipped: dict[str, str] = {}
@@ -121,7 +124,11 @@ def quantize_model(
     bytes_after = 0
     for name, module in tqdm(targets, desc="quantizing linear layers", unit="layer", disable=not progress):
         int8_module = Int8Linear.from_linear(
-            module, threshold=config.threshold, activation=config.activation, float_dims=float_dims.get(name)
+            module,
+            threshold=config.threshold,
+            activation=config.activation,
+            float_dims=float_dims.get(name),
+            batch_invariant=config.batch_invariant,
         )
         int8_module.train(module.training)
         set_submodule(model, name, int8_module)

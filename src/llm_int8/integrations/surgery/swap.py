@@ -73,6 +73,7 @@ def swap_linears_on_meta(
     bias_dtype: torch.dtype | None = None,
     activation: str = DEFAULT_ACTIVATION,
     float_dims: Mapping[str, Sequence[int]] | None = None,
+    batch_invariant: bool = False,
 ) -> list[str]:
     """Replace each named ``nn.Linear`` / ``Conv1D`` with an ``Int8Linear`` on the meta device.
 
@@ -103,6 +104,7 @@ def swap_linears_on_meta(
             dtype=dtype,
             activation=activation,
             float_dims=(float_dims or {}).get(name),
+            batch_invariant=batch_invariant,
         )
         new.train(old.training)
         set_submodule(model, name, new)

@@ -15,9 +15,23 @@ file                   what                                             referenc
 ``bf16.py``            bf16 hardware probe, for the bf16 route          the float64 product (a bound)
 =====================  ===============================================  ====================================
 
+``quantize_tokenwise.py``: the batch-invariant mode's steps (per-token outliers and codes, the
+row-ordered float part), the reference of its C++ passes in ``native/``.
+
 Nothing here chooses between kernels (``ops/choice``) or knows the op (``ops/forward.py``).
 """
 
-from . import bf16, codes_gemm, cpu_gemm, cuda_gemm, epilogue, native, probes, quantize, weight_only
+from . import bf16, codes_gemm, cpu_gemm, cuda_gemm, epilogue, native, probes, quantize, quantize_tokenwise, weight_only
 
-__all__ = ["bf16", "codes_gemm", "cpu_gemm", "cuda_gemm", "epilogue", "native", "probes", "quantize", "weight_only"]
+__all__ = [
+    "bf16",
+    "codes_gemm",
+    "cpu_gemm",
+    "cuda_gemm",
+    "epilogue",
+    "native",
+    "probes",
+    "quantize",
+    "quantize_tokenwise",
+    "weight_only",
+]

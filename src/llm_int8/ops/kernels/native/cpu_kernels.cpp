@@ -1005,6 +1005,274 @@ at::Tensor scale_bias_cast(const at::Tensor& C, const at::Tensor& s_w, const c10
 
 }  // namespace
 
+// ==== the batch-invariant mode (ops/forward_invariant.py): per-token outliers ======================
+//
+//   quantize_rows_tokenwise  steps 1-2 with each token's own outliers: the entries of a row with
+//                            |x| >= threshold (non-finite ones always) and the static float columns
+//                            are left out of its range and get the code of 0; their positions come
+//                            back as a CSR list (static columns not included)
+//   tokenwise_float_sum      the float product of those entries, row by row: -0, then + x_k * w_k for
+//                            the row's entries in increasing k, then + x_s * w_s for the static
+//                            columns in their order, each product and each sum rounded as written
+//
+// Nothing in a row depends on another row, on M or on how rows are split between threads. Each
+// equals the PyTorch sequence of kernels/quantize_tokenwise.py bit for bit (its reference).
+
+namespace {
+
+inline float all_ones_float() {
+  float f;
+  const uint32_t ones = 0xffffffffu;
+  std::memcpy(&f, &ones, sizeof(float));
+  return f;
+}
+
+// The row's float mask (all bits set where the entry is computed in float) and its outlier entries.
+// Outlier: "not (|x| < t)", so NaN and +-Inf always are; t = +Inf (threshold 0) keeps only those.
+template <typename T>
+void row_float_mask(const T* x, int64_t K, float t, const float* static_mask, float* mask, std::vector<int64_t>& entries) {
+  int64_t k = 0;
+#ifdef LLM_INT8_AVX2
+  const __m256 sign = _mm256_set1_ps(-0.0f), tv = _mm256_set1_ps(t);
+  for (; k + 8 <= K; k += 8) {
+    const __m256 st = _mm256_loadu_ps(static_mask + k);
+    const __m256 out = _mm256_andnot_ps(st, _mm256_cmp_ps(_mm256_andnot_ps(sign, load8(x + k)), tv, _CMP_NLT_UQ));
+    _mm256_storeu_ps(mask + k, _mm256_or_ps(out, st));
+    for (int bits = _mm256_movemask_ps(out); bits; bits &= bits - 1) entries.push_back(k + __builtin_ctz(bits));
+  }
+#endif
+  const float ones = all_ones_float();
+  for (; k < K; ++k) {
+    const bool is_static = static_mask[k] != 0.0f;
+    const bool outlier = !is_static && !(std::fabs(to_f32(x[k])) < t);
+    mask[k] = (outlier || is_static) ? ones : 0.0f;
+    if (outlier) entries.push_back(k);
+  }
+}
+
+// The codes of one row for a range given by the caller (statistics reduced across ranks).
+template <typename T, typename C>
+void quantize_row_given_range(const T* x, int64_t K, const float* mask, bool zeropoint, float hi, float lo, C* out,
+                              float* s_x, float* zp) {
+  const RowParams p = row_params(hi, lo, zeropoint, s_x, zp);
+  for (int64_t k = 0; k < K; ++k) {
+    const float v = mask[k] != 0.0f ? 0.0f : to_f32(x[k]);
+    store_scalar(code_scalar(v, p), out + k);
+  }
+}
+
+template <typename T, typename C>
+void quantize_rows_tokenwise_typed(const T* X, int64_t M, int64_t K, float t, const float* static_mask, bool zeropoint,
+                                   const float* hi, const float* lo, C* out, float* s_x, float* zp,
+                                   std::vector<std::vector<int64_t>>& entries) {
+  at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
+    std::vector<float> mask(K);
+    float unused = 0.0f;
+    for (int64_t m = m0; m < m1; ++m) {
+      row_float_mask(X + m * K, K, t, static_mask, mask.data(), entries[m]);
+      float* zpm = zeropoint ? zp + m : &unused;
+      if (hi) {
+        quantize_row_given_range(X + m * K, K, mask.data(), zeropoint, hi[m], lo[m], out + m * K, s_x + m, zpm);
+      } else {
+        quantize_row(X + m * K, K, mask.data(), zeropoint, out + m * K, s_x + m, zpm);
+      }
+    }
+  });
+}
+
+// Returns (s_x (M,), zp (M,) or (0,), crow (M + 1,), cols): row m's outlier entries are
+// cols[crow[m]:crow[m + 1]], increasing. ``codes``: (>= M, K) float32 or int8, its first M rows written.
+// ``hi`` / ``lo``: optional (M,) ranges to quantize with instead of each row's own.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_rows_tokenwise(
+    const at::Tensor& X, double threshold, const c10::optional<at::Tensor>& static_idx, bool zeropoint, at::Tensor codes,
+    const c10::optional<at::Tensor>& hi, const c10::optional<at::Tensor>& lo) {
+  TORCH_CHECK(X.dim() == 2 && X.is_contiguous() && X.device().is_cpu(),
+              "quantize_rows_tokenwise: X must be a contiguous 2-D CPU tensor");
+  const int64_t M = X.size(0), K = X.size(1);
+  TORCH_CHECK(codes.dim() == 2 && codes.size(0) >= M && codes.size(1) == K && codes.is_contiguous() &&
+                  (codes.scalar_type() == at::kFloat || codes.scalar_type() == at::kChar),
+              "quantize_rows_tokenwise: codes must be a contiguous float32 or int8 (>= M, K) tensor");
+  TORCH_CHECK(hi.has_value() == lo.has_value(), "quantize_rows_tokenwise: hi and lo come together");
+  std::vector<float> static_mask(K, 0.0f);
+  if (static_idx.has_value()) {
+    const at::Tensor s = static_idx->contiguous();
+    TORCH_CHECK(s.scalar_type() == at::kLong, "quantize_rows_tokenwise: static_idx must be int64");
+    const int64_t* sp = s.data_ptr<int64_t>();
+    for (int64_t i = 0; i < s.numel(); ++i) {
+      TORCH_CHECK(sp[i] >= 0 && sp[i] < K, "quantize_rows_tokenwise: static_idx out of range");
+      static_mask[sp[i]] = all_ones_float();
+    }
+  }
+  const float* hp = optional_ptr(hi, M, "hi");
+  const float* lp = optional_ptr(lo, M, "lo");
+  // torch compares float32 values with the threshold cast to float32 (quantize_tokenwise.py does the same)
+  const float t = threshold > 0 ? static_cast<float>(threshold) : std::numeric_limits<float>::infinity();
+  at::Tensor s_x = at::empty({M}, X.options().dtype(at::kFloat));
+  at::Tensor zp = at::empty({zeropoint ? M : 0}, X.options().dtype(at::kFloat));
+  std::vector<std::vector<int64_t>> entries(M);
+  dispatch_float(X.scalar_type(), "quantize_rows_tokenwise", [&](auto tag) {
+    using T = decltype(tag);
+    if (codes.scalar_type() == at::kFloat) {
+      quantize_rows_tokenwise_typed(X.data_ptr<T>(), M, K, t, static_mask.data(), zeropoint, hp, lp,
+                                    codes.data_ptr<float>(), s_x.data_ptr<float>(), zp.data_ptr<float>(), entries);
+    } else {
+      quantize_rows_tokenwise_typed(X.data_ptr<T>(), M, K, t, static_mask.data(), zeropoint, hp, lp,
+                                    codes.data_ptr<int8_t>(), s_x.data_ptr<float>(), zp.data_ptr<float>(), entries);
+    }
+  });
+  at::Tensor crow = at::empty({M + 1}, X.options().dtype(at::kLong));
+  int64_t* cp = crow.data_ptr<int64_t>();
+  cp[0] = 0;
+  for (int64_t m = 0; m < M; ++m) cp[m + 1] = cp[m] + static_cast<int64_t>(entries[m].size());
+  at::Tensor cols = at::empty({cp[M]}, X.options().dtype(at::kLong));
+  int64_t* colp = cols.data_ptr<int64_t>();
+  for (int64_t m = 0; m < M; ++m) std::copy(entries[m].begin(), entries[m].end(), colp + cp[m]);
+  return {s_x, zp, crow, cols};
+}
+
+// acc[n] = acc[n] + x * w[n], the product rounded, then the sum (no fused multiply-add)
+inline void axpy_rounded(float x, const float* w, int64_t N, float* acc) {
+  int64_t n = 0;
+#ifdef LLM_INT8_AVX2
+  const __m256 xv = _mm256_set1_ps(x);
+  for (; n + 8 <= N; n += 8)
+    _mm256_storeu_ps(acc + n, _mm256_add_ps(_mm256_loadu_ps(acc + n), _mm256_mul_ps(xv, _mm256_loadu_ps(w + n))));
+#endif
+  for (; n < N; ++n) {
+    const float p = x * w[n];
+    acc[n] = acc[n] + p;
+  }
+}
+
+// (M, N) float32: row m holds -0 + sum over its entries k (increasing) of X[m, k] * WUT[pos(k)], then
+// + X[m, S[s]] * WST[s] for each static column s. ``U`` (|U|,): the sorted columns that hold any
+// entry, with ``WUT`` (|U|, N) their dequantized weight columns (W_i8[:, U] * s_w, transposed).
+at::Tensor tokenwise_float_sum(const at::Tensor& X, const at::Tensor& crow, const at::Tensor& cols, const at::Tensor& U,
+                               const at::Tensor& WUT, const c10::optional<at::Tensor>& S,
+                               const c10::optional<at::Tensor>& WST) {
+  TORCH_CHECK(X.dim() == 2 && X.is_contiguous(), "tokenwise_float_sum: X must be a contiguous 2-D tensor");
+  const int64_t M = X.size(0), K = X.size(1), N = WUT.size(1);
+  TORCH_CHECK(crow.scalar_type() == at::kLong && crow.numel() == M + 1 && cols.scalar_type() == at::kLong &&
+                  U.scalar_type() == at::kLong && crow.is_contiguous() && cols.is_contiguous() && U.is_contiguous(),
+              "tokenwise_float_sum: crow (M + 1,), cols and U must be contiguous int64");
+  TORCH_CHECK(WUT.dim() == 2 && WUT.size(0) == U.numel() && WUT.scalar_type() == at::kFloat && WUT.is_contiguous(),
+              "tokenwise_float_sum: WUT must be a contiguous float32 (|U|, N) tensor");
+  TORCH_CHECK(S.has_value() == WST.has_value(), "tokenwise_float_sum: S and WST come together");
+  const int64_t n_static = S.has_value() ? S->numel() : 0;
+  const int64_t* sp = n_static ? S->data_ptr<int64_t>() : nullptr;
+  const float* wst = n_static ? optional_ptr(WST, n_static * N, "WST") : nullptr;
+  std::vector<int64_t> pos(K, -1);
+  const int64_t* up = U.data_ptr<int64_t>();
+  for (int64_t j = 0; j < U.numel(); ++j) {
+    TORCH_CHECK(up[j] >= 0 && up[j] < K, "tokenwise_float_sum: U out of range");
+    pos[up[j]] = j;
+  }
+  for (int64_t s = 0; s < n_static; ++s) TORCH_CHECK(sp[s] >= 0 && sp[s] < K, "tokenwise_float_sum: S out of range");
+  const int64_t* cp = crow.data_ptr<int64_t>();
+  const int64_t* colp = cols.data_ptr<int64_t>();
+  for (int64_t i = 0; i < cols.numel(); ++i)
+    TORCH_CHECK(colp[i] >= 0 && colp[i] < K && pos[colp[i]] >= 0, "tokenwise_float_sum: an entry's column is not in U");
+  const float* w = WUT.data_ptr<float>();
+  // -0: the identity of float addition (x + -0 is x for every x, +0 included), so a row without
+  // entries adds exactly nothing, and one with entries starts from its first product, exactly
+  at::Tensor out = at::full({M, N}, -0.0, X.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  dispatch_float(X.scalar_type(), "tokenwise_float_sum", [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = X.data_ptr<T>();
+    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) {
+        for (int64_t i = cp[m]; i < cp[m + 1]; ++i) axpy_rounded(to_f32(x[m * K + colp[i]]), w + pos[colp[i]] * N, N, o + m * N);
+        for (int64_t s = 0; s < n_static; ++s) axpy_rounded(to_f32(x[m * K + sp[s]]), wst + s * N, N, o + m * N);
+      }
+    });
+  });
+  return out;
+}
+
+// The epilogue pass with each row's float part formed in a row buffer, never as an (M, N) tensor:
+// row m = cast(((C - zp r) s_w s_x + F_m) + bias), F_m as tokenwise_float_sum forms it, each element by
+// the epilogue's own finish8 / finish_scalar (so the bits of epilogue(..., [F]) exactly). For the GEMMs
+// whose output needs no sparse fix (every kernel but FBGEMM_PAIRS' fused route).
+at::Tensor epilogue_tokenwise(const at::Tensor& C, const at::Tensor& s_w, const at::Tensor& s_x,
+                              const c10::optional<at::Tensor>& zp, const c10::optional<at::Tensor>& row_sums,
+                              const at::Tensor& X, const at::Tensor& crow, const at::Tensor& cols, const at::Tensor& U,
+                              const at::Tensor& WUT, const c10::optional<at::Tensor>& S,
+                              const c10::optional<at::Tensor>& WST, const c10::optional<at::Tensor>& bias,
+                              at::ScalarType out_dtype) {
+  const int64_t M = s_x.numel(), N = s_w.numel(), K = X.size(1);
+  TORCH_CHECK(C.dim() == 2 && C.scalar_type() == at::kFloat && C.is_contiguous() && C.size(0) >= M && C.size(1) == N,
+              "epilogue_tokenwise: C must be a contiguous float32 (>= M, N) tensor");
+  TORCH_CHECK(X.dim() == 2 && X.is_contiguous() && X.size(0) == M, "epilogue_tokenwise: X must be a contiguous (M, K) tensor");
+  TORCH_CHECK(crow.scalar_type() == at::kLong && crow.numel() == M + 1 && cols.scalar_type() == at::kLong &&
+                  U.scalar_type() == at::kLong && crow.is_contiguous() && cols.is_contiguous() && U.is_contiguous(),
+              "epilogue_tokenwise: crow (M + 1,), cols and U must be contiguous int64");
+  TORCH_CHECK(WUT.dim() == 2 && WUT.size(0) == U.numel() && WUT.size(1) == N && WUT.scalar_type() == at::kFloat &&
+                  WUT.is_contiguous(),
+              "epilogue_tokenwise: WUT must be a contiguous float32 (|U|, N) tensor");
+  TORCH_CHECK(S.has_value() == WST.has_value(), "epilogue_tokenwise: S and WST come together");
+  const float* zpp = optional_ptr(zp, M, "zp");
+  const float* r = optional_ptr(row_sums, N, "row_sums");
+  TORCH_CHECK((zpp == nullptr) == (r == nullptr), "epilogue_tokenwise: zp and row_sums come together");
+  const int64_t n_static = S.has_value() ? S->numel() : 0;
+  const int64_t* sp = n_static ? S->data_ptr<int64_t>() : nullptr;
+  const float* wst = n_static ? optional_ptr(WST, n_static * N, "WST") : nullptr;
+  std::vector<int64_t> pos(K, -1);
+  const int64_t* up = U.data_ptr<int64_t>();
+  for (int64_t j = 0; j < U.numel(); ++j) {
+    TORCH_CHECK(up[j] >= 0 && up[j] < K, "epilogue_tokenwise: U out of range");
+    pos[up[j]] = j;
+  }
+  for (int64_t s = 0; s < n_static; ++s) TORCH_CHECK(sp[s] >= 0 && sp[s] < K, "epilogue_tokenwise: S out of range");
+  const int64_t* cp = crow.data_ptr<int64_t>();
+  const int64_t* colp = cols.data_ptr<int64_t>();
+  TORCH_CHECK(cp[0] == 0 && cp[M] == cols.numel(), "epilogue_tokenwise: crow must index cols");
+  for (int64_t i = 0; i < cols.numel(); ++i)
+    TORCH_CHECK(colp[i] >= 0 && colp[i] < K && pos[colp[i]] >= 0, "epilogue_tokenwise: an entry's column is not in U");
+  const float* w = WUT.data_ptr<float>();
+  const float* sw = optional_ptr(s_w, N, "s_w");
+  const float* sx = optional_ptr(s_x, M, "s_x");
+  const float* b = optional_ptr(bias, N, "bias");
+  at::Tensor out = at::empty({M, N}, C.options().dtype(out_dtype));
+  dispatch_float(X.scalar_type(), "epilogue_tokenwise", [&](auto x_tag) {
+    using T = decltype(x_tag);
+    const T* x = X.data_ptr<T>();
+    dispatch_float(out_dtype, "epilogue_tokenwise", [&](auto out_tag) {
+      using O = decltype(out_tag);
+      O* o = out.data_ptr<O>();
+      at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
+        std::vector<float> buf(N);
+        for (int64_t m = m0; m < m1; ++m) {
+          // row m as a one-row epilogue: its pointers offset to the row, the row's F as its one product
+          Epilogue e{C.data_ptr<float>() + m * N, zpp ? zpp + m : nullptr, r, sw, sx + m, {Product{}, Product{}}, b, N};
+          if (cp[m + 1] > cp[m] || n_static) {
+            std::fill(buf.begin(), buf.end(), -0.0f);
+            for (int64_t i = cp[m]; i < cp[m + 1]; ++i) axpy_rounded(to_f32(x[m * K + colp[i]]), w + pos[colp[i]] * N, N, buf.data());
+            for (int64_t s = 0; s < n_static; ++s) axpy_rounded(to_f32(x[m * K + sp[s]]), wst + s * N, N, buf.data());
+            e.p[0].sum = buf.data();
+          }
+          finish_rows(e, 0, 1, o + m * N);
+        }
+      });
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(llm_int8_cpu, m) {
+  m.def("quantize_rows_tokenwise(Tensor X, float threshold, Tensor? static_idx, bool zeropoint, Tensor(a!) codes, "
+        "Tensor? hi=None, Tensor? lo=None) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("tokenwise_float_sum(Tensor X, Tensor crow, Tensor cols, Tensor U, Tensor WUT, Tensor? S=None, "
+        "Tensor? WST=None) -> Tensor");
+  m.impl("quantize_rows_tokenwise", c10::DispatchKey::CPU, TORCH_FN(quantize_rows_tokenwise));
+  m.def("epilogue_tokenwise(Tensor C, Tensor s_w, Tensor s_x, Tensor? zp, Tensor? row_sums, Tensor X, Tensor crow, "
+        "Tensor cols, Tensor U, Tensor WUT, Tensor? S, Tensor? WST, Tensor? bias, ScalarType out_dtype) -> Tensor");
+  m.impl("tokenwise_float_sum", c10::DispatchKey::CPU, TORCH_FN(tokenwise_float_sum));
+  m.impl("epilogue_tokenwise", c10::DispatchKey::CPU, TORCH_FN(epilogue_tokenwise));
+}
+
 TORCH_LIBRARY(llm_int8_cpu, m) {
   m.def("quantize_rows(Tensor X, float threshold, Tensor? static_idx, bool zeropoint, Tensor(a!) codes) -> (Tensor, Tensor, Tensor)");
   m.def("epilogue(Tensor C, Tensor s_w, Tensor s_x, Tensor? zp, Tensor? row_sums, Tensor? codes, Tensor? fix_crow, "
