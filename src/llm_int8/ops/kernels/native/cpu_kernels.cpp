@@ -1074,7 +1074,7 @@ void quantize_rows_tokenwise_typed(const T* X, int64_t M, int64_t K, float t, co
       if (hi) {
         quantize_row_given_range(X + m * K, K, mask.data(), zeropoint, hi[m], lo[m], out + m * K, s_x + m, zpm);
       } else {
-        quantize_row(X + m * K, K, mask.data(), zeropoint, out + m * K, s_x + m, zpm);
+        quantize_row<true>(X + m * K, K, mask.data(), zeropoint, out + m * K, s_x + m, zpm);
       }
     }
   });
@@ -1244,7 +1244,7 @@ at::Tensor epilogue_tokenwise(const at::Tensor& C, const at::Tensor& s_w, const 
         std::vector<float> buf(N);
         for (int64_t m = m0; m < m1; ++m) {
           // row m as a one-row epilogue: its pointers offset to the row, the row's F as its one product
-          Epilogue e{C.data_ptr<float>() + m * N, zpp ? zpp + m : nullptr, r, sw, sx + m, {Product{}, Product{}}, b, N};
+          Epilogue e{C.data_ptr<float>() + m * N, nullptr, zpp ? zpp + m : nullptr, r, sw, sx + m, {Product{}, Product{}}, b, N};
           if (cp[m + 1] > cp[m] || n_static) {
             std::fill(buf.begin(), buf.end(), -0.0f);
             for (int64_t i = cp[m]; i < cp[m + 1]; ++i) axpy_rounded(to_f32(x[m * K + colp[i]]), w + pos[colp[i]] * N, N, buf.data());
