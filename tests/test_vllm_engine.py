@@ -112,7 +112,7 @@ def test_saved_int8_folder_serves_with_no_flag(server, online, tokenizer):
     makes of the bf16 folder, so its greedy answers are the online engine's, token for token."""
     port, _, log = server
     assert "quantization=llm_int8" in log.read_text(errors="replace")
-    for prompt, want in zip(PROMPTS, online["answers"]):
+    for prompt, want in zip(PROMPTS, online["answers"], strict=True):
         status, answer = _chat(port, prompt)
         assert status == 200, answer
         assert answer["choices"][0]["message"]["content"] == tokenizer.decode(want, skip_special_tokens=True)
@@ -179,6 +179,6 @@ def test_tensor_parallel_2(online, tokenizer, monkeypatch):
         answers = _greedy(llm, tokenizer)
     finally:
         _shutdown(llm)
-    first = sum(a[0] == b[0] for a, b in zip(answers, online["answers"]))
+    first = sum(a[0] == b[0] for a, b in zip(answers, online["answers"], strict=True))
     assert first >= len(PROMPTS) - 1, (answers, online["answers"])
     assert "Paris" in tokenizer.decode(answers[0])

@@ -90,7 +90,7 @@ def _check(layer, ref: Int8Linear, x: torch.Tensor, compiled: bool = False) -> N
 
 
 def _load(layer, weights, shard_ids) -> None:
-    for W, shard in zip(weights, shard_ids):
+    for W, shard in zip(weights, shard_ids, strict=True):
         args = () if shard is None else (shard,)
         layer.weight.weight_loader(layer.weight, W, *args)
     layer.quant_method.process_weights_after_loading(layer)
@@ -131,7 +131,7 @@ def test_qkv_parallel(tp, size, activation):
             prefix="self_attn.qkv_proj",
         )  # fmt: skip
         _load(layer, [q, k, v], ["q", "k", "v"])
-        for part, shard in zip(b.split([6 * HEAD, 2 * HEAD, 2 * HEAD]), "qkv"):
+        for part, shard in zip(b.split([6 * HEAD, 2 * HEAD, 2 * HEAD]), "qkv", strict=True):
             layer.bias.weight_loader(layer.bias, part, shard)
         nq, nk = 6 * HEAD // size, 2 * HEAD // size
         rows = torch.cat([

@@ -90,7 +90,7 @@ class ServingOptions:
         names = list(names)
         skipped = [Int8Config(skip_modules=self.skip).skips(name) for name in names]
         if any(skipped) and not all(skipped):
-            kept = [n for n, s in zip(names, skipped) if not s]
+            kept = [n for n, s in zip(names, skipped, strict=True) if not s]
             raise ValueError(
                 f"llm_int8: {kept} are fused with skipped layers into one vLLM layer; skip all of {names} or none"
             )

@@ -56,7 +56,7 @@ class LLMInt8VllmConfig(QuantizationConfig):
         return LLMInt8LinearMethod(self.options, self._warmed)
 
     def _checkpoint_names(self, prefix: str) -> list[str]:
-        """The checkpoint layers a vLLM layer is made of: ``...qkv_proj`` -> ``...q_proj``, ``...k_proj``, ``...v_proj``."""
+        """The checkpoint layers a vLLM layer is made of: ``...qkv_proj`` -> ``...q_proj``, ``...k_proj``, ..."""
         head, _, leaf = prefix.rpartition(".")
         parts = self.packed_modules_mapping.get(leaf)
         if not parts:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from ...huggingface.quantizer import is_placeholder
 from ....primitives import rowwise_quantize
+from ...huggingface.quantizer import is_placeholder
 
 __all__ = ["checked_loader", "placeholder_loader", "quantizing_loader"]
 
@@ -36,7 +36,8 @@ def quantizing_loader(layer: torch.nn.Module, delegate: Loader) -> Loader:
         # the float weight this engine would hold (its dtype), as Int8Linear.from_linear would get it
         W = loaded_weight.to(layer.params_dtype)  # (rows of this tensor, in_features)
         if not torch.isfinite(W).all():
-            raise ValueError(f"{layer.prefix}.weight{list(shard_id) or ''}: cannot quantize a weight holding NaN or Inf")
+            where = f"{layer.prefix}.weight{list(shard_id) or ''}"
+            raise ValueError(f"{where}: cannot quantize a weight holding NaN or Inf")
         W_i8, s_w = rowwise_quantize(W, dim=-1)  # (rows, in) int8, (rows,) float32
         delegate(layer.weight_int8, W_i8, *shard_id)
         delegate(layer.weight_scale, s_w, *shard_id)
@@ -45,7 +46,7 @@ def quantizing_loader(layer: torch.nn.Module, delegate: Loader) -> Loader:
 
 
 def checked_loader(layer: torch.nn.Module, name: str, delegate: Loader) -> Loader:
-    """The loader of a stored ``weight_int8`` (int8) or ``weight_scale`` (float): refused, never cast, if the dtype is wrong."""
+    """The loader of a stored ``weight_int8`` (int8) or ``weight_scale`` (float): a wrong dtype refused, never cast."""
     wants_int8 = name == "weight_int8"
 
     def load(param: torch.Tensor, loaded_weight: torch.Tensor, *shard_id) -> None:
@@ -59,7 +60,7 @@ def checked_loader(layer: torch.nn.Module, name: str, delegate: Loader) -> Loade
 
 
 def placeholder_loader(layer: torch.nn.Module) -> Loader:
-    """The loader of a saved int8 layer's empty ``weight`` placeholder (format 2): nothing to load, a float weight refused."""
+    """The loader of an int8 layer's empty ``weight`` placeholder (format 2): nothing to load, a float one refused."""
 
     def load(param: torch.Tensor, loaded_weight: torch.Tensor, *shard_id) -> None:
         if not is_placeholder(loaded_weight.shape, loaded_weight.dtype):

@@ -94,12 +94,12 @@ class LLMInt8LinearMethod(LinearMethodBase):
         W = layer.weight_int8
         if W.device.type != "cpu":
             return  # the GPU route packs nothing; its Triton / cuBLASLt choice is timed at first use
-        layer.llm_int8_packed.get(W)
-        if self.options.activation == "zeropoint":
-            layer.llm_int8_row_sums.get(W)
         shape = (*W.shape, layer.params_dtype)
         start = time.perf_counter()
         with torch.no_grad(), _default_dtype(torch.float32):
+            layer.llm_int8_packed.get(W)  # (the first one also runs the kernels' admission, once per machine)
+            if self.options.activation == "zeropoint":
+                layer.llm_int8_row_sums.get(W)
             for m in _WARM_TOKENS:  # every bucket: each may choose (and pack for) another kernel
                 self.apply(layer, torch.zeros(m, W.shape[1], dtype=layer.params_dtype))
         if shape not in self._warmed:
