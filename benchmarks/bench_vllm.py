@@ -53,7 +53,7 @@ def _arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--batches", default="16x32,64x128", help="offline batches: PROMPTSxNEW_TOKENS, comma-separated")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--requests-per-level", type=int, default=2, help="requests per level = this x concurrency")
+    p.add_argument("--requests-per-level", type=int, default=1, help="requests per level: this x concurrency, >= 4")
     p.add_argument("--server-new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="vLLM's default compile mode (else --enforce-eager)")
@@ -62,7 +62,7 @@ def _arguments(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.methods, args.batches, args.prompt_tokens = "llm_int8,bf16", "2x4", 32
-        args.concurrency, args.requests_per_level, args.server_new_tokens, args.rounds = "1,2", 1, 4, 1
+        args.concurrency, args.server_new_tokens, args.rounds = "1,2", 4, 1
     return args
 
 
@@ -170,7 +170,8 @@ def _server(method: str, args, log_dir: Path) -> dict:
     flags += ["--quantization", METHODS[method]["quantization"]] if "quantization" in METHODS[method] else []
     flags += [] if args.compile else ["--enforce-eager"]
     levels = [int(c) for c in args.concurrency.split(",")]
-    prompts = _prompts(max(levels) * args.requests_per_level, args.prompt_tokens, tokenizer)
+    count = {c: max(4, c * args.requests_per_level) for c in levels}
+    prompts = _prompts(max(count.values()), args.prompt_tokens, tokenizer)
     start = time.perf_counter()
     rows = []
     with _vllm_server.serve(folder, *flags[2:], log=log_dir / f"server_{method}.log") as (port, proc):
@@ -178,7 +179,7 @@ def _server(method: str, args, log_dir: Path) -> dict:
         model = _vllm_server.model_name(port)
         _stream_one(port, model, prompts[0], 2)  # warm
         for c in levels:
-            batch = prompts[: c * args.requests_per_level]
+            batch = prompts[: count[c]]
             t = time.perf_counter()
             with ThreadPoolExecutor(max_workers=c) as pool:
                 results = list(pool.map(lambda p: _stream_one(port, model, p, args.server_new_tokens), batch))
@@ -220,8 +221,8 @@ def _report(results: dict, args, info: dict) -> tuple[list[dict], str]:
     mode = "default compile mode" if args.compile else "eager (--enforce-eager)"
     lines = [f"vLLM {info['vllm']} ({mode}), SmolLM2-135M-Instruct, prompts of {args.prompt_tokens} tokens of "
              f"WikiText-2, greedy, ignore_eos, prefix caching off; offline: best of {args.rounds}; server: streaming "
-             "completions of "
-             f"{args.server_new_tokens} tokens, {args.requests_per_level} x concurrency requests per level.", "",
+             f"completions of {args.server_new_tokens} tokens, max(4, {args.requests_per_level} x concurrency) "
+             "requests per level.", "",
              table, "", engine, "",
              f"CPU: {info['cpu']}; flags: {info['simd']}; {info['logical_cpus']} logical CPUs (vLLM runs one worker "
              f"thread and keeps a core for itself); 1-min load at start {info['loadavg_1min']}; torch {info['torch']}, "

@@ -85,7 +85,8 @@ def test_online_quantization_generates(online, tokenizer):
     # a batch gives answers too (continuous batching over the int8 layers)
     from vllm import SamplingParams
 
-    batch = online["llm"].generate(PROMPTS, SamplingParams(max_tokens=4, temperature=0.0), use_tqdm=False)
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    batch = online["llm"].generate(PROMPTS, params, use_tqdm=False)
     assert [len(r.outputs[0].token_ids) for r in batch] == [4] * len(PROMPTS)
 
 
