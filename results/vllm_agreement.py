@@ -9,7 +9,9 @@ Five generators of the same chat-template token ids (``llm_int8.evaluation.agree
 * ``vllm_bf16``: vLLM's own bf16;
 * ``hf_int8_bf16``: transformers, the bf16 model converted by ``llm_int8.quantize_model`` (the same codes
   as vllm_int8: both quantize the same bf16 weights);
-* ``hf_bf16``, ``hf_fp32``: transformers in bf16 and fp32 (the float references).
+* ``hf_bf16``, ``hf_fp32``: transformers in bf16 and fp32 (the float references);
+* ``vllm_int8_padded_tp1`` / ``_tp2``: vLLM llm_int8 on the head-padded copy (12 / 4 heads, the same function),
+  tensor parallel 1 and 2.
 
 vLLM answers one prompt at a time (a batch of one, as a lone server request). Writes JSON (every
 prompt's tokens and text) and a Markdown table of each pair: first token the same, identical
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,14 +40,16 @@ PAIRS = [
     ("vllm_int8", "hf_fp32"),
     ("vllm_bf16", "hf_fp32"),
     ("hf_int8_bf16", "hf_bf16"),
+    ("vllm_int8_padded_tp2", "vllm_int8_padded_tp1"),
+    ("vllm_int8_padded_tp1", "vllm_int8"),
 ]
 
 
-def _vllm(ids: list[list[int]], new_tokens: int, **kwargs) -> list[list[int]]:
+def _vllm(ids: list[list[int]], new_tokens: int, kind: str = "bf16", **kwargs) -> list[list[int]]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    folder = _vllm_models.model_folder("bf16")
+    folder = _vllm_models.model_folder(kind)
     llm = LLM(model=str(folder), dtype="bfloat16", max_model_len=1024, enforce_eager=True, seed=0, **kwargs)
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0)
     try:
@@ -101,13 +106,25 @@ def main() -> None:
     prompts = read_prompts(None, args.limit)
     ids = [chat_input_ids(tokenizer, pr.text)["input_ids"][0].tolist() for pr in prompts]
     eos = tokenizer.eos_token_id
-    gens = {
-        "vllm_int8": _vllm(ids, args.new_tokens, quantization="llm_int8"),
-        "vllm_bf16": _vllm(ids, args.new_tokens),
-        "hf_int8_bf16": _transformers(ids, args.new_tokens, torch.bfloat16, True, eos),
-        "hf_bf16": _transformers(ids, args.new_tokens, torch.bfloat16, False, eos),
-        "hf_fp32": _transformers(ids, args.new_tokens, torch.float32, False, eos),
-    }
+    runs = {
+        "vllm_int8": lambda: _vllm(ids, args.new_tokens, quantization="llm_int8"),
+        "vllm_bf16": lambda: _vllm(ids, args.new_tokens),
+        "hf_int8_bf16": lambda: _transformers(ids, args.new_tokens, torch.bfloat16, True, eos),
+        "hf_bf16": lambda: _transformers(ids, args.new_tokens, torch.bfloat16, False, eos),
+        "hf_fp32": lambda: _transformers(ids, args.new_tokens, torch.float32, False, eos),
+        # tensor parallel 2 on the head-padded copy (the same function), against TP 1 on that copy
+        "vllm_int8_padded_tp1": lambda: _vllm(ids, args.new_tokens, "padded", quantization="llm_int8"),
+        "vllm_int8_padded_tp2": lambda: _vllm(ids, args.new_tokens, "padded", quantization="llm_int8",
+                                              tensor_parallel_size=2),
+    }  # fmt: skip
+    partial = args.out.with_suffix(".partial.json")
+    gens = json.loads(partial.read_text()) if partial.is_file() else {}  # a killed run goes on where it stopped
+    for name, run in runs.items():
+        if name not in gens:
+            if name.endswith("tp2"):
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"  # one core per rank
+            gens[name] = run()
+            partial.write_text(json.dumps(gens))
     pairs = {f"{a} vs {b}": _compare(gens[a], gens[b]) for a, b in PAIRS}
     rows = ["| pair | first token the same | identical continuations | mean share matched |", "|---|---|---|---|"]
     for name, c in pairs.items():
@@ -122,6 +139,7 @@ def main() -> None:
     record = {"pairs": pairs, "prompts": per_prompt, "tokens": gens}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     args.out.with_suffix(".md").write_text(text)
+    partial.unlink()
     print(text)
 
 
