@@ -270,7 +270,9 @@ def main(argv=None) -> None:
         print(f"{method}: offline", file=sys.stderr, flush=True)
         results[method] = _offline(method, args)
         print(f"{method}: server", file=sys.stderr, flush=True)
-        results[method].update(_server(method, args, args.out))
+        logs = args.out / "logs"  # the servers' own output (gitignored)
+        logs.mkdir(exist_ok=True)
+        results[method].update(_server(method, args, logs))
     rows, text = _report(results, args, info)
     stem = "vllm_smoke" if args.smoke else "vllm"
     write_csv(args.out / f"{stem}.csv", rows)
