@@ -10,6 +10,7 @@ Usage: python results/remedies.py OUT_STEM MEASURES VARIANT [VARIANT ...]
 Writes OUT_STEM.json (every row, per-prompt agreement included) and OUT_STEM.md (the tables).
 
 Variants (``VARIANTS`` below): the eval methods default / llm.int8 / calibrated / precise / bitsandbytes,
+the 16-bit references bf16 / fp16 / bf16-weights / fp16-weights,
 and candidates prototyped around ``Int8Linear`` (``llm_int8.evaluation.variants``): ``relcol@β`` (a
 per-token outlier rule: a dim is an outlier where some token's |x| >= β x that token's mean |x|),
 ``floatrows@β`` (those tokens' rows in bf16 against the int8 weight), ``clip@κ`` (rows clipped to
@@ -19,9 +20,7 @@ per-token outlier rule: a dim is an outlier where some token's |x| >= β x that 
 
 from __future__ import annotations
 
-import torch
 from _setup import HELLASWAG, arguments, atomic_write, hellaswag_tasks, library_variant, load, wikitext_ids, write_json
-from torch import nn
 
 from llm_int8 import quantize_model
 from llm_int8.evaluation import METHODS, TaskLog, compare_methods, read_prompts
@@ -41,7 +40,22 @@ def _vproj_alpha(alpha: float):
     return convert
 
 
-VARIANTS = {name: METHODS[name] for name in ("fp32", "default", "llm.int8", "calibrated", "precise", "bitsandbytes")}
+VARIANTS = {
+    name: METHODS[name]
+    for name in (
+        "fp32",
+        "default",
+        "llm.int8",
+        "calibrated",
+        "precise",
+        "bitsandbytes",
+        # the 16-bit references: the whole model cast, and the converted linears' weights rounded
+        "bf16",
+        "fp16",
+        "bf16-weights",
+        "fp16-weights",
+    )
+}
 VARIANTS.update(
     {
         f"relcol@{b:g}": library_variant(
@@ -72,25 +86,6 @@ VARIANTS["relcol@30+vproj-float"] = library_variant(
     "per-token outlier rule β = 30, value projections in float",
     convert=_relcol(30.0, skip_modules=("lm_head", "v_proj")),
 )
-
-
-def _rounded_linears(dtype: torch.dtype):
-    """The float model with the weights of the layers int8 would convert rounded to ``dtype`` (computed in
-    float32): how far a perturbation much smaller than int8's moves the answers."""
-
-    def convert(m):
-        for name, layer in m.named_modules():
-            if isinstance(layer, nn.Linear) and not name.endswith("lm_head"):
-                layer.weight.data = layer.weight.data.to(dtype).float()
-        return m
-
-    return convert
-
-
-for _dtype, _bits in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
-    VARIANTS[f"{_bits}-weights"] = library_variant(
-        f"{_bits}-weights", f"fp32 with the linear weights rounded to {_bits}", convert=_rounded_linears(_dtype)
-    )
 
 
 def _measures(text: str) -> dict:

@@ -1,0 +1,121 @@
+"""The lm-evaluation-harness cross-check (``llm_int8.evaluation.harness``): the local task files, the
+harness's choices, and on SmolLM2 the harness's acc / acc_norm against the library's scorer."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import yaml
+
+from llm_int8.evaluation import HellaSwagTask, read_hellaswag, score_hellaswag
+from llm_int8.evaluation.harness import TASK_NAME, harness_choices, write_hellaswag_task
+from llm_int8.evaluation.hellaswag_score import choices
+
+TASKS = [
+    HellaSwagTask('Cooking: A man says "hi". he', 2, ("flies away.", "sings.", "fries it.", "eats the pan."), 0),
+    HellaSwagTask("Sports: Two teams play. the ball", 0, ("rolls.", "sings a song.", "cooks.", "reads é."), 7),
+]
+
+
+def test_write_hellaswag_task_writes_data_and_a_yaml_reading_it(tmp_path):
+    path = write_hellaswag_task(TASKS, tmp_path / "task dir")
+    assert path == tmp_path / "task dir" / f"{TASK_NAME}.yaml"
+    config = yaml.safe_load(path.read_text())
+    data = config["dataset_kwargs"]["data_files"]["validation"]
+    assert config["task"] == TASK_NAME and config["dataset_path"] == "json" and config["output_type"] == "multiple_choice"
+    assert (config["doc_to_text"], config["doc_to_target"], config["doc_to_choice"]) == ("{{query}}", "{{gold}}", "choices")
+    assert {m["metric"] for m in config["metric_list"]} == {"acc", "acc_norm"}
+    rows = [json.loads(line) for line in open(data, encoding="utf-8")]
+    assert rows[0] == {"query": TASKS[0].context, "choices": list(TASKS[0].endings), "gold": 2, "index": 0}
+    assert rows[1]["choices"][3] == "reads é." and rows[1]["index"] == 7
+    with pytest.raises(ValueError, match="no HellaSwag task"):
+        write_hellaswag_task([], tmp_path)
+    with pytest.raises(ValueError, match="task name"):
+        write_hellaswag_task(TASKS, tmp_path, name="a/b")
+
+
+def test_harness_choices_normalise_by_the_ending_without_its_space():
+    task = TASKS[0]  # ending lengths 11, 6, 9, 13; the library's " " + ending: 12, 7, 10, 14
+    ll = (-11.0, -6.2, -20.0, -30.0)
+    assert harness_choices(task, ll) == (1, 0)  # -11 / 11 = -1.0 beats -6.2 / 6 = -1.03 ...
+    assert choices(task, ll) == (1, 1)  # ... but -6.2 / 7 = -0.886 beats -11 / 12 = -0.917
+
+
+@pytest.fixture(scope="module")
+def lm_eval():
+    return pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'llm-int8[eval]')")
+
+
+def _compare(harness: dict, library, tasks) -> None:
+    """Per-ending log-likelihoods equal to float rounding; every choice equal where no two endings are
+    within that rounding; the harness's acc / acc_norm equal its choices from the library's scores."""
+    tol = 2e-3  # nats, on sums of 10-40 token log-probabilities (measured differences: below 1e-4)
+    for h, lib in zip(harness["log_likelihoods"], library.log_likelihoods, strict=True):
+        assert h == pytest.approx(lib, abs=tol)
+    mine = [harness_choices(t, ll) for t, ll in zip(tasks, library.log_likelihoods, strict=True)]
+    for task, ll, (acc, norm), h_acc, h_norm in zip(
+        tasks, library.log_likelihoods, mine, harness["acc_choices"], harness["acc_norm_choices"], strict=True
+    ):
+        top = sorted(ll, reverse=True)
+        if top[0] - top[1] > 2 * tol:
+            assert acc == h_acc
+        per_char = sorted((x / len(e) for x, e in zip(ll, task.endings, strict=True)), reverse=True)
+        if per_char[0] - per_char[1] > 2 * tol:
+            assert norm == h_norm
+    n = len(tasks)
+    assert harness["acc"] == pytest.approx(sum(a == t.label for (a, _), t in zip(mine, tasks, strict=True)) / n)
+    assert harness["acc_norm"] == pytest.approx(sum(b == t.label for (_, b), t in zip(mine, tasks, strict=True)) / n)
+    assert harness["acc"] == pytest.approx(library.acc)  # same rule for acc
+
+
+@pytest.mark.slow
+def test_harness_equals_library_scorer_on_smollm2_fp32_and_int8(lm_eval, smollm2, hellaswag_path, monkeypatch):
+    from llm_int8 import quantize_model
+    from llm_int8.evaluation.harness import harness_hellaswag
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the local json task needs no hub
+    model, tokenizer = smollm2
+    tasks = read_hellaswag(hellaswag_path, limit=24)
+    for m in (model, quantize_model(copy.deepcopy(model))):
+        harness = harness_hellaswag(m, tokenizer, tasks)
+        assert harness["tasks"] == len(tasks)
+        _compare(harness, score_hellaswag(m, tokenizer, tasks), tasks)
+
+
+@pytest.mark.slow
+def test_harness_loads_a_saved_int8_folder_through_the_registered_quantizer(lm_eval, smollm2, hellaswag_path, tmp_path):
+    """``lm_eval --model hf --model_args pretrained=FOLDER`` in a process that imported llm_int8."""
+    from lm_eval.tasks import TaskManager
+
+    import llm_int8
+    from llm_int8.evaluation.harness import harness_hellaswag
+
+    model, tokenizer = smollm2
+    folder = tmp_path / "int8"
+    llm_int8.save_pretrained(llm_int8.quantize_model(copy.deepcopy(model)), folder)
+    tokenizer.save_pretrained(folder)
+    tasks = read_hellaswag(hellaswag_path, limit=6)
+    write_hellaswag_task(tasks, tmp_path / "tasks")
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={folder},dtype=float32,device=cpu",
+        tasks=[TASK_NAME],
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
+        log_samples=True,
+    )
+    loaded = llm_int8.load_model(str(folder))[0]
+    assert any(isinstance(m, llm_int8.Int8Linear) for m in loaded.modules())
+    samples = sorted(out["samples"][TASK_NAME], key=lambda s: s["doc_id"])
+    harness = {
+        "log_likelihoods": [tuple(float(r[0]) for r in s["filtered_resps"]) for s in samples],
+        "acc": out["results"][TASK_NAME]["acc,none"],
+        "acc_norm": out["results"][TASK_NAME]["acc_norm,none"],
+    }
+    harness["acc_choices"] = [max(range(4), key=ll.__getitem__) for ll in harness["log_likelihoods"]]
+    harness["acc_norm_choices"] = [harness_choices(t, ll)[1] for t, ll in zip(tasks, harness["log_likelihoods"])]
+    _compare(harness, score_hellaswag(loaded, tokenizer, tasks), tasks)
+    assert harness_hellaswag(loaded, tokenizer, tasks)["log_likelihoods"] == pytest.approx(
+        harness["log_likelihoods"], abs=1e-4
+    )  # the object route and the folder route score the same model the same
