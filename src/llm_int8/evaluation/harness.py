@@ -112,15 +112,20 @@ def _import_lm_eval():
 
 
 def harness_hellaswag(model, tokenizer, tasks: list[HellaSwagTask], batch_size: int = 1) -> dict:
-    """Score ``tasks`` with ``lm_eval.simple_evaluate`` on ``model`` (any transformers causal LM
-    object, converted or not; its device and dtype as they are).
+    """Score ``tasks`` with ``lm_eval.simple_evaluate`` on ``model``: a transformers causal LM object
+    (converted or not; its device and dtype as they are), or the path of a saved model folder, which
+    the harness loads itself (``--model hf --model_args pretrained=PATH``; an int8 folder loads
+    because this process imported ``llm_int8``), in float32 on the CPU.
 
     Returns ``acc`` / ``acc_norm`` (the harness's aggregates, fractions), their standard errors,
     ``log_likelihoods`` (per task, per ending, in the order of ``tasks``), and the harness's
     per-task ``acc_choices`` and ``acc_norm_choices``.
     """
     lm_eval, HFLM, TaskManager = _import_lm_eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if isinstance(model, (str, os.PathLike)):
+        lm = HFLM(pretrained=str(model), tokenizer=tokenizer, batch_size=batch_size, dtype="float32", device="cpu")
+    else:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     with tempfile.TemporaryDirectory(prefix="llm-int8-harness-") as tmp:
         write_hellaswag_task(tasks, tmp)
         out = lm_eval.simple_evaluate(
@@ -130,6 +135,10 @@ def harness_hellaswag(model, tokenizer, tasks: list[HellaSwagTask], batch_size: 
             log_samples=True,
             num_fewshot=0,
         )
+    return _read_output(out, tasks, getattr(lm_eval, "__version__", None))
+
+
+def _read_output(out: dict, tasks: list[HellaSwagTask], version: str | None) -> dict:
     metrics = out["results"][TASK_NAME]
     samples = sorted(out["samples"][TASK_NAME], key=lambda s: s["doc_id"])
     if len(samples) != len(tasks):
@@ -144,5 +153,5 @@ def harness_hellaswag(model, tokenizer, tasks: list[HellaSwagTask], batch_size: 
         "log_likelihoods": lls,
         "acc_choices": [max(range(N_ENDINGS), key=ll.__getitem__) for ll in lls],
         "acc_norm_choices": [harness_choices(t, ll)[1] for t, ll in zip(tasks, lls, strict=True)],
-        "lm_eval_version": getattr(lm_eval, "__version__", None),
+        "lm_eval_version": version,
     }
