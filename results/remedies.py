@@ -2,7 +2,8 @@
 
 Usage: python results/remedies.py OUT_STEM MEASURES VARIANT [VARIANT ...]
   MEASURES: comma-separated, of agreement (the 66 built-in chat prompts, 16 greedy tokens;
-            agreement:K the first K),
+            agreement:K the first K; agreement:A-B prompts A..B, a shard that
+            results/agreement_report.py joins with the others),
             ppl:N (the first N WikiText-2 test tokens, windows of 512; ppl:all for the whole text),
             hellaswag:A-B (tasks A..B, per-task results appended to OUT_STEM.hellaswag.jsonl and
             read back on a rerun, so an interrupted run resumes)
@@ -92,7 +93,10 @@ def _measures(text: str) -> dict:
     out = {}
     for part in text.split(","):
         key, _, value = part.partition(":")
-        if key == "agreement":
+        if key == "agreement" and "-" in value:  # prompts A..B (0-based, inclusive): a shard of a long run
+            first, last = (int(v) for v in value.split("-"))
+            out[key] = (first, last)
+        elif key == "agreement":
             out[key] = int(value) if value else None
         elif key == "ppl" and value:
             out[key] = None if value == "all" else int(value)
@@ -100,7 +104,9 @@ def _measures(text: str) -> dict:
             first, last = (int(v) for v in value.split("-"))
             out[key] = (first, last)
         else:
-            raise ValueError(f"unknown measure {part!r} (agreement, agreement:K, ppl:N, ppl:all, hellaswag:A-B)")
+            raise ValueError(
+                f"unknown measure {part!r} (agreement, agreement:K, agreement:A-B, ppl:N, ppl:all, hellaswag:A-B)"
+            )
     return out
 
 
@@ -116,7 +122,13 @@ def main() -> None:
         first, last = measures["hellaswag"]
         tasks = hellaswag_tasks(skip=first, limit=last - first + 1)
         log = TaskLog(f"{stem}.hellaswag.jsonl", {"model": "bundled", "hellaswag": str(HELLASWAG)}, resume=True)
-    prompts = read_prompts(limit=measures["agreement"]) if "agreement" in measures else None
+    prompts = None
+    if "agreement" in measures:
+        chosen = measures["agreement"]
+        if isinstance(chosen, tuple):
+            prompts = read_prompts()[chosen[0] : chosen[1] + 1]
+        else:
+            prompts = read_prompts(limit=chosen)
     settings = {"measures": dict(measures), "variants": names}
     done: list[dict] = []
 
