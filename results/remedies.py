@@ -2,7 +2,8 @@
 
 Usage: python results/remedies.py OUT_STEM MEASURES VARIANT [VARIANT ...]
   MEASURES: comma-separated, of agreement (the 66 built-in chat prompts, 16 greedy tokens;
-            agreement:K the first K),
+            agreement:K the first K; agreement:A-B prompts A..B, a shard that
+            results/agreement_report.py joins with the others),
             ppl:N (the first N WikiText-2 test tokens, windows of 512; ppl:all for the whole text),
             hellaswag:A-B (tasks A..B, per-task results appended to OUT_STEM.hellaswag.jsonl and
             read back on a rerun, so an interrupted run resumes)
@@ -10,6 +11,7 @@ Usage: python results/remedies.py OUT_STEM MEASURES VARIANT [VARIANT ...]
 Writes OUT_STEM.json (every row, per-prompt agreement included) and OUT_STEM.md (the tables).
 
 Variants (``VARIANTS`` below): the eval methods default / llm.int8 / calibrated / precise / bitsandbytes,
+the 16-bit references bf16 / fp16 / bf16-weights / fp16-weights,
 and candidates prototyped around ``Int8Linear`` (``llm_int8.evaluation.variants``): ``relcol@β`` (a
 per-token outlier rule: a dim is an outlier where some token's |x| >= β x that token's mean |x|),
 ``floatrows@β`` (those tokens' rows in bf16 against the int8 weight), ``clip@κ`` (rows clipped to
@@ -19,9 +21,7 @@ per-token outlier rule: a dim is an outlier where some token's |x| >= β x that 
 
 from __future__ import annotations
 
-import torch
 from _setup import HELLASWAG, arguments, atomic_write, hellaswag_tasks, library_variant, load, wikitext_ids, write_json
-from torch import nn
 
 from llm_int8 import quantize_model
 from llm_int8.evaluation import METHODS, TaskLog, compare_methods, read_prompts
@@ -41,7 +41,22 @@ def _vproj_alpha(alpha: float):
     return convert
 
 
-VARIANTS = {name: METHODS[name] for name in ("fp32", "default", "llm.int8", "calibrated", "precise", "bitsandbytes")}
+VARIANTS = {
+    name: METHODS[name]
+    for name in (
+        "fp32",
+        "default",
+        "llm.int8",
+        "calibrated",
+        "precise",
+        "bitsandbytes",
+        # the 16-bit references: the whole model cast, and the converted linears' weights rounded
+        "bf16",
+        "fp16",
+        "bf16-weights",
+        "fp16-weights",
+    )
+}
 VARIANTS.update(
     {
         f"relcol@{b:g}": library_variant(
@@ -74,30 +89,14 @@ VARIANTS["relcol@30+vproj-float"] = library_variant(
 )
 
 
-def _rounded_linears(dtype: torch.dtype):
-    """The float model with the weights of the layers int8 would convert rounded to ``dtype`` (computed in
-    float32): how far a perturbation much smaller than int8's moves the answers."""
-
-    def convert(m):
-        for name, layer in m.named_modules():
-            if isinstance(layer, nn.Linear) and not name.endswith("lm_head"):
-                layer.weight.data = layer.weight.data.to(dtype).float()
-        return m
-
-    return convert
-
-
-for _dtype, _bits in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
-    VARIANTS[f"{_bits}-weights"] = library_variant(
-        f"{_bits}-weights", f"fp32 with the linear weights rounded to {_bits}", convert=_rounded_linears(_dtype)
-    )
-
-
 def _measures(text: str) -> dict:
     out = {}
     for part in text.split(","):
         key, _, value = part.partition(":")
-        if key == "agreement":
+        if key == "agreement" and "-" in value:  # prompts A..B (0-based, inclusive): a shard of a long run
+            first, last = (int(v) for v in value.split("-"))
+            out[key] = (first, last)
+        elif key == "agreement":
             out[key] = int(value) if value else None
         elif key == "ppl" and value:
             out[key] = None if value == "all" else int(value)
@@ -105,7 +104,9 @@ def _measures(text: str) -> dict:
             first, last = (int(v) for v in value.split("-"))
             out[key] = (first, last)
         else:
-            raise ValueError(f"unknown measure {part!r} (agreement, agreement:K, ppl:N, ppl:all, hellaswag:A-B)")
+            raise ValueError(
+                f"unknown measure {part!r} (agreement, agreement:K, agreement:A-B, ppl:N, ppl:all, hellaswag:A-B)"
+            )
     return out
 
 
@@ -121,7 +122,13 @@ def main() -> None:
         first, last = measures["hellaswag"]
         tasks = hellaswag_tasks(skip=first, limit=last - first + 1)
         log = TaskLog(f"{stem}.hellaswag.jsonl", {"model": "bundled", "hellaswag": str(HELLASWAG)}, resume=True)
-    prompts = read_prompts(limit=measures["agreement"]) if "agreement" in measures else None
+    prompts = None
+    if "agreement" in measures:
+        chosen = measures["agreement"]
+        if isinstance(chosen, tuple):
+            prompts = read_prompts()[chosen[0] : chosen[1] + 1]
+        else:
+            prompts = read_prompts(limit=chosen)
     settings = {"measures": dict(measures), "variants": names}
     done: list[dict] = []
 

@@ -45,14 +45,21 @@ def test_bad_arguments_exit_with_usage(argv):
     assert exc.value.code == 2
 
 
-def test_demo_quick_subset_takes_every_category_in_turn():
-    from llm_int8.cli.demo import _quick_subset
+def test_demo_quick_subset_takes_every_category_in_turn_in_a_seeded_random_order():
+    import random
+
+    from llm_int8.cli.demo import SUBSET_SEED, _quick_subset
+    from llm_int8.evaluation import read_prompts
 
     picked = _quick_subset(14)
     assert len(picked) == 14 and len({p.id for p in picked}) == 14
     counts = {c: sum(p.category == c for p in picked) for c in {p.category for p in picked}}
     assert len(counts) == 7 and set(counts.values()) == {2}
     assert [p.category for p in _quick_subset(3)] == ["facts", "arithmetic", "instructions"]
+    assert [p.id for p in _quick_subset(20)] == [p.id for p in _quick_subset(20)]  # fixed, not per run
+    facts = [p for p in read_prompts() if p.category == "facts"]
+    random.Random(SUBSET_SEED).shuffle(facts)  # the first category is shuffled first
+    assert _quick_subset(1)[0].id == facts[0].id
     assert len(_quick_subset(1000)) == 66  # no more than the set holds
 
 
@@ -68,13 +75,30 @@ def test_demo_shows_fp32s_margin_where_the_answers_part(capsys):
 
     steps = (TopTwo((1, 2), (0.9, 0.05), 3.0), TopTwo((5, 6), (0.31, 0.30), 0.03))
     ref = Generation((1, 5), torch.zeros(8), steps)
-    _show_answer(Words(), "q?", ref, Generation((1, 6), torch.zeros(8)))
+    _show_answer(Words(), "q?", ref, {"int8": Generation((1, 6), torch.zeros(8)), "bf16": ref})
     out = capsys.readouterr().out
-    assert "fp32: t1 t5" in out and "int8: t1 t6" in out
-    assert "from token 2: there fp32 itself gives 't5' p = 0.31 and 't6' p = 0.30 (logit gap 0.03): a knife edge" in out
-    _show_answer(Words(), "q?", ref, Generation((2,), torch.zeros(8)))
-    assert "from token 1: there fp32 itself gives 't1' p = 0.90 and 't2' p = 0.05 (logit gap 3.00): a clear choice" in (
-        capsys.readouterr().out
+    assert "fp32: t1 t5\n  int8: t1 t6\n  bf16: t1 t5\n" in out  # the three answers, then what parts
+    assert (
+        "int8 = fp32: no, from token 2: there fp32 itself gives 't5' p = 0.31 and 't6' p = 0.30 (logit gap 0.03):"
+        " a knife edge" in out
     )
-    _show_answer(Words(), "q?", ref, ref)
-    assert "same: yes" in capsys.readouterr().out
+    assert "bf16 = fp32: yes" in out
+    _show_answer(Words(), "q?", ref, {"bf16": Generation((2,), torch.zeros(8))})
+    assert (
+        "bf16 = fp32: no, from token 1: there fp32 itself gives 't1' p = 0.90 and 't2' p = 0.05 (logit gap 3.00):"
+        " a clear choice" in capsys.readouterr().out
+    )
+
+
+def test_demo_summary_has_a_column_per_model():
+    from llm_int8.cli.demo import _summary_lines
+
+    a = {
+        "prompts": 4, "first_token_same": 3, "identical": 2, "matched_share_mean": 0.5,
+        "logits_rel_error_median": 0.01, "logits_rel_error_max": 0.2,
+        "logits_rel_error_centred_median": 0.02, "logits_rel_error_centred_max": 0.1, "kl_mean": 0.0123,
+    }  # fmt: skip
+    lines = _summary_lines({"int8": a, "bf16": {**a, "identical": 4}}, 12.0, 16)
+    assert lines[0] == "| measure (against fp32, 4 prompts, 12 s) | int8 | bf16 |"
+    assert "| identical 16-token answers | 2/4 | 4/4 |" in lines
+    assert "| KL(fp32 ‖ model) of the next token, mean (nats) | 0.0123 | 0.0123 |" in lines

@@ -200,6 +200,19 @@ def test_markdown_table_paired_column():
     assert "| -1.00 ± 40.82 (2 choices differ) |" in table  # per-task differences 0, -1, +1, 0
 
 
+def test_markdown_table_reads_every_method_against_bf16_too(tmp_path):
+    bf16 = {"method": "bf16", "description": "bfloat16", "perplexity": 20.05, "hellaswag_acc": 0.4}
+    bf16["hellaswag_acc_norm"] = 0.495
+    table = markdown_table([ROWS[0], bf16, ROWS[1]])
+    assert "| perplexity | Δ vs fp32 | Δ vs bf16 |" in table and "| Δ acc_norm vs bf16 (points) |" in table
+    # llm.int8: +0.50% against fp32, +0.25% against bf16; acc_norm -1.00 and -0.50 points
+    assert "| `llm.int8` | LLM.int8() | 20.100 | +0.50% | +0.25% | 40.00 | 49.00 | -1.00 | -0.50 |" in table
+    assert "| `bf16` | bfloat16 | 20.050 | +0.25% | +0.00% |" in table
+    assert "Δ vs bf16" not in markdown_table(ROWS)  # no 16-bit row, no column
+    png = plot_comparison([ROWS[0], bf16, ROWS[1]], tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     path = tmp_path / "out.json"
     write_json(path, {"a": 1})

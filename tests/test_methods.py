@@ -18,7 +18,7 @@ from llm_int8.primitives import (
     quantize_operand,
 )
 
-EMULATED = [name for name, spec in METHODS.items() if not spec.library and not spec.is_float]
+EMULATED = [name for name, spec in METHODS.items() if not spec.library and not spec.is_float and not spec.is_reference]
 
 
 # --- float64 references, written from the paper's Section 2 equations -------------------------
@@ -217,7 +217,7 @@ class _Tiny(nn.Module):
         return self.lm_head(self.block(self.emb(ids)))
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", [n for n, spec in METHODS.items() if not spec.is_reference])
 def test_apply_method_swaps_linears_and_leaves_model_untouched(name):
     if METHODS[name].bitsandbytes:
         bnb = pytest.importorskip("bitsandbytes")
@@ -248,7 +248,7 @@ def test_parse_methods_errors_list_valid_names():
     with pytest.raises(ValueError, match="twice"):
         parse_methods("absmax,absmax")
     with pytest.raises(ValueError, match="unknown method"):
-        apply_method(_Tiny(), "fp16")
+        apply_method(_Tiny(), "int4")
 
 
 def test_cli_default_methods_are_table_1():
@@ -294,3 +294,88 @@ def test_calibrated_methods_need_calibration_ids_and_keep_value_projections_floa
     assert not isinstance(precise.model.layers[0].self_attn.v_proj, Int8Linear)
     assert precise.model.layers[0].self_attn.q_proj.threshold == 3.0
     assert not isinstance(model.model.layers[0].self_attn.q_proj, Int8Linear)  # the original is untouched
+
+
+# --- the 16-bit references ---------------------------------------------------------------------
+
+REFERENCES = [n for n, spec in METHODS.items() if spec.is_reference]
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def test_reference_methods_are_the_two_dtypes_cast_and_weight_rounded():
+    assert REFERENCES == ["bf16", "bf16-weights", "fp16", "fp16-weights"]
+    for name in REFERENCES:
+        spec = METHODS[name]
+        assert not spec.library and not spec.bitsandbytes and spec.threshold == 0 and not spec.is_float
+        assert spec.float_dtype in spec.description and spec.weights_only == name.endswith("-weights")
+    with pytest.raises(ValueError, match="float_dtype must be one of"):
+        MethodSpec("fp8", "x", float_dtype="float8")
+    with pytest.raises(ValueError, match="quantizes nothing"):
+        MethodSpec("x", "x", float_dtype="bfloat16", library=True, x_per_row=True, w_per_row=True)
+    with pytest.raises(ValueError, match="set float_dtype"):
+        MethodSpec("x", "x", weights_only=True)
+    with pytest.raises(ValueError, match="not emulated"):
+        EmulatedInt8Linear.from_linear(nn.Linear(4, 4), METHODS["bf16"])
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_cast_reference_runs_the_whole_model_in_its_dtype(name):
+    from _hf_tiny import VOCAB, tiny_model
+
+    model = tiny_model("llama", tie_word_embeddings=True)
+    before = copy.deepcopy(model.state_dict())
+    dtype = _DTYPES[METHODS[name].float_dtype]
+    converted = apply_method(model, name)
+    for k, v in model.state_dict().items():  # the original is untouched
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    assert all(p.dtype == dtype for p in converted.parameters())
+    assert converted.lm_head.weight is converted.model.embed_tokens.weight  # still tied
+    # computed buffers (rotary frequencies) keep float32, as when a model is loaded in 16 bits
+    assert converted.model.rotary_emb.inv_freq.dtype == torch.float32
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        out, ref = converted(ids).logits, model(ids).logits
+    assert out.dtype == dtype
+    # the same as the float model loaded in that dtype (here: cast with .to, then the buffer restored)
+    loaded = copy.deepcopy(model).to(dtype)
+    loaded.model.rotary_emb.inv_freq = model.model.rotary_emb.inv_freq.clone()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, out)
+    err = ((out.float() - ref).norm() / ref.norm()).item()
+    assert 0 < err < 0.05  # 16-bit rounding: a difference, and a small one
+
+
+@pytest.mark.parametrize("name", ["bf16-weights", "fp16-weights"])
+def test_weight_rounding_reference_rounds_only_the_converted_linears(name):
+    from _hf_tiny import VOCAB, tiny_model
+
+    from llm_int8 import quantize_model
+
+    model = tiny_model("llama")
+    dtype = _DTYPES[METHODS[name].float_dtype]
+    converted = apply_method(model, name)
+    int8 = quantize_model(copy.deepcopy(model))
+    converted_names = {n for n, m in int8.named_modules() if type(m).__name__ == "Int8Linear"}
+    assert converted_names  # the same layers the int8 methods convert
+    for (n, p), (_, q) in zip(model.named_parameters(), converted.named_parameters(), strict=True):
+        assert q.dtype == torch.float32
+        module = n.rpartition(".")[0]
+        if module in converted_names and n.endswith(".weight"):
+            assert torch.equal(q, p.to(dtype).float()) and not torch.equal(q, p), n
+        else:  # embeddings (tied lm_head), norms, biases: as they were
+            assert torch.equal(q, p), n
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        assert converted(ids).logits.dtype == torch.float32
+
+
+def test_weight_rounding_reference_follows_skip_modules_and_gpt2_conv1d():
+    from _hf_tiny import tiny_model
+
+    model = tiny_model("gpt2")
+    converted = apply_method(model, "bf16-weights", skip_modules=("lm_head", "c_proj"))
+    for (n, p), (_, q) in zip(model.named_parameters(), converted.named_parameters(), strict=True):
+        rounded = n.endswith(("c_attn.weight", "c_fc.weight"))
+        assert torch.equal(q, p.bfloat16().float() if rounded else p), n
+    with pytest.raises(ValueError, match="no linear layer to round"):
+        apply_method(nn.Sequential(nn.ReLU()), "bf16-weights")

@@ -13,8 +13,8 @@ from ._args import nonnegative_int, output_file, positive_int, shard
 
 __all__ = ["register"]
 
-# The paper's Table 1 rows, in its order, then the library's default and its calibrated steps
-# (kept in step with llm_int8.evaluation.METHODS by a test).
+# The paper's Table 1 rows, in its order, then the library's default and its calibrated steps,
+# bitsandbytes, and the 16-bit references (kept in step with llm_int8.evaluation.METHODS by a test).
 _DEFAULT_METHODS = ",".join(
     (
         "fp32",
@@ -31,6 +31,10 @@ _DEFAULT_METHODS = ",".join(
         "precise",
         "batch_invariant",
         "bitsandbytes",
+        "bf16",
+        "bf16-weights",
+        "fp16",
+        "fp16-weights",
     )
 )
 

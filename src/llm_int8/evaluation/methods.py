@@ -26,6 +26,11 @@ method                    ``X`` scale  ``W`` scale      decomposition  how it ru
 ``bitsandbytes``          per token    per out feature  yes, α = 6    bitsandbytes ``Linear8bitLt`` (where
                                                                       installed), the paper's method as
                                                                       its authors ship it
+``bf16``, ``fp16``        --           --               --            16-bit reference: the whole model
+                                                                      cast to that dtype
+``bf16-weights``,         --           --               --            16-bit reference: the fp32 model with
+``fp16-weights``                                                      the weights of the linears the int8
+                                                                      methods convert rounded to that dtype
 ========================  ===========  ===============  ============  ====================================
 
 The first nine are the paper's Table 1 (absmax activations unless named zeropoint, α = 6 where
@@ -35,6 +40,14 @@ decomposed); ``default`` is what ``quantize_model(model)`` gives, for the compar
 ``llm_int8.analysis.CALIBRATION_TEXT`` (never the evaluated text), always computed in float with
 their float weight columns (``quantize_model(float_dims=...)``); ``precise`` also keeps the value
 projections (``v_proj``, ``value``) in float and decomposes from α = 3.
+
+The 16-bit references answer the paper's claim, which is "no degradation against 16-bit": ``bf16``
+/ ``fp16`` are the model a user would otherwise run (parameters and persistent buffers cast; buffers
+a model computes rather than loads, such as rotary frequencies, stay as they are, as they do when a
+model is loaded in that dtype), run in that dtype; ``bf16-weights`` / ``fp16-weights`` keep the fp32
+model and only round the weights of exactly the linear layers the int8 methods convert (same
+``skip_modules``, tied weights left), so the difference between the two rows is what the
+activations and the rest of the model contribute. Every measure still compares against ``fp32``.
 
 "Emulated, exact" means ``EmulatedInt8Linear``: int8 codes held as float integers and multiplied
 where no partial sum can be rounded (float32 over short slices of K, summed in float64), so the
@@ -88,6 +101,8 @@ class MethodSpec:
     keep_float: tuple[str, ...] = ()  # library only: module names kept in float besides lm_head
     bitsandbytes: bool = False  # run bitsandbytes' Linear8bitLt at ``threshold`` instead
     batch_invariant: bool = False  # library only: Int8Linear.batch_invariant (per-token outliers)
+    float_dtype: str | None = None  # a 16-bit reference: "bfloat16" or "float16" (no int8 at all)
+    weights_only: bool = False  # with float_dtype: round only the converted linears' weights, run in fp32
     # an experimental variant: converts a copy of the model itself (the other fields are then only labels)
     convert: Callable[[nn.Module], nn.Module] | None = field(default=None, compare=False, repr=False)
 
@@ -106,13 +121,39 @@ class MethodSpec:
             raise ValueError("calibrated float dims and keep_float apply to library methods only")
         if self.bitsandbytes and self.library:
             raise ValueError("a method runs either this library's Int8Linear or bitsandbytes, not both")
+        if self.float_dtype is not None:
+            if self.float_dtype not in _FLOAT_DTYPES:
+                raise ValueError(f"float_dtype must be one of {', '.join(_FLOAT_DTYPES)}, got {self.float_dtype!r}")
+            if self.library or self.bitsandbytes or self.threshold:
+                raise ValueError("a 16-bit reference method quantizes nothing: no library, bitsandbytes or threshold")
+        elif self.weights_only:
+            raise ValueError("weights_only applies to a 16-bit reference method: set float_dtype")
 
     @property
     def is_float(self) -> bool:
         return self.name == "fp32"
 
+    @property
+    def is_reference(self) -> bool:
+        """A 16-bit reference (``bf16``, ``fp16`` and their weight-only roundings), not an int8 method."""
+        return self.float_dtype is not None
 
+
+_FLOAT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _A = PAPER_THRESHOLD
+_REFERENCES = tuple(
+    m
+    for short, dtype in (("bf16", "bfloat16"), ("fp16", "float16"))
+    for m in (
+        MethodSpec(short, f"16-bit reference: the whole model cast to {dtype}", float_dtype=dtype),
+        MethodSpec(
+            f"{short}-weights",
+            f"16-bit reference: fp32, the converted linears' weights rounded to {dtype}",
+            float_dtype=dtype,
+            weights_only=True,
+        ),
+    )
+)
 _DEFAULT = MethodSpec(
     "default",
     f"llm-int8's default: LLM.int8(), {DEFAULT_ACTIVATION} per-token activations, α = {DEFAULT_THRESHOLD:g}",
@@ -183,9 +224,11 @@ METHODS: dict[str, MethodSpec] = {
             outlier_weight="int8",
             bitsandbytes=True,
         ),
+        *_REFERENCES,
     )
 }
-"""Methods by name: the paper's Table 1 in its order, then this library's default."""
+"""Methods by name: the paper's Table 1 in its order, this library's default and steps, bitsandbytes,
+then the 16-bit references."""
 
 
 def parse_methods(text: str | list[str] | list[MethodSpec]) -> list[MethodSpec]:
@@ -215,7 +258,7 @@ class EmulatedInt8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, spec: MethodSpec) -> None:
         super().__init__()
-        if spec.library or spec.is_float:
+        if spec.library or spec.is_float or spec.is_reference:
             raise ValueError(f"method {spec.name!r} is not emulated")
         self.spec = spec
         self.in_features = weight.shape[1]
@@ -311,6 +354,33 @@ def _swap_linears(model: nn.Module, spec: MethodSpec, skip_modules: tuple[str, .
     return [n for n, _ in targets]
 
 
+def _cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model`` (in place) in ``dtype``: parameters and persistent floating buffers; non-persistent
+    ones (computed at construction, e.g. rotary ``inv_freq``) keep their dtype, as when loading in ``dtype``."""
+    for module in model.modules():
+        kept = {n: b for n, b in module._buffers.items() if b is not None and n in module._non_persistent_buffers_set}
+        for p in module.parameters(recurse=False):
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+        for n, b in module._buffers.items():
+            if b is not None and n not in kept and b.is_floating_point():
+                module._buffers[n] = b.to(dtype)
+    if hasattr(model, "config") and hasattr(model.config, "dtype"):
+        model.config.dtype = dtype
+    return model
+
+
+def _round_linear_weights(model: nn.Module, dtype: torch.dtype, skip_modules: tuple[str, ...]) -> nn.Module:
+    """``model`` (in place) with the weight of every linear the int8 methods convert rounded to ``dtype``
+    and stored back in its own dtype; biases, norms, embeddings and skipped layers untouched."""
+    targets = _linear_targets(model, skip_modules)
+    if not targets:
+        raise ValueError("the model has no linear layer to round")
+    for _, module in targets:
+        module.weight.data = module.weight.data.to(dtype).to(module.weight.dtype)
+    return model
+
+
 def apply_method(
     model: nn.Module,
     method: str | MethodSpec,
@@ -321,7 +391,8 @@ def apply_method(
 
     ``fp32`` returns ``model`` itself (no copy). Library methods call ``quantize_model``; a
     ``calibrated`` method first finds its float dims on ``calibration_ids`` (required for it);
-    ``bitsandbytes`` swaps in bitsandbytes' ``Linear8bitLt``; a spec with ``convert`` calls it on the copy.
+    ``bitsandbytes`` swaps in bitsandbytes' ``Linear8bitLt``; a spec with ``convert`` calls it on the copy;
+    a 16-bit reference casts the copy (``bf16``, ``fp16``) or rounds its linears' weights (``*-weights``).
     """
     spec = parse_methods([method])[0] if isinstance(method, str) else method
     if spec.is_float:
@@ -329,6 +400,11 @@ def apply_method(
     converted = copy.deepcopy(model)
     if spec.convert is not None:
         return spec.convert(converted)
+    if spec.is_reference:
+        dtype = _FLOAT_DTYPES[spec.float_dtype]
+        if spec.weights_only:
+            return _round_linear_weights(converted, dtype, tuple(skip_modules))
+        return _cast_model(converted, dtype)
     if spec.library:
         activation = "zeropoint" if spec.zeropoint else "absmax"
         skip = tuple(skip_modules) + spec.keep_float

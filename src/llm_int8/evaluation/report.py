@@ -20,34 +20,47 @@ def _fmt(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def markdown_table(rows: list[dict], baseline: str = "fp32", labels: list[int] | None = None) -> str:
+def _ppl_change(ppl, base: dict | None) -> str:
+    if base is None or ppl is None or not base.get("perplexity"):
+        return "—"
+    return f"{(ppl / base['perplexity'] - 1) * 100:+.2f}%"
+
+
+def markdown_table(
+    rows: list[dict], baseline: str = "fp32", labels: list[int] | None = None, reference: str = "bf16"
+) -> str:
     """Perplexity and HellaSwag per method, with the change against ``baseline`` where it was run.
 
     With the HellaSwag gold ``labels``, the acc_norm change also gets its paired standard error and
     the number of tasks whose choice differs from ``baseline`` (from ``hellaswag_predictions``).
+    Where a ``reference`` row (the 16-bit model, ``bf16`` by default) is there too, each method
+    also gets its change against it: the paper's "no degradation" is a claim against 16 bits.
     """
     base = next((r for r in rows if r["method"] == baseline), None)
+    ref = next((r for r in rows if r["method"] == reference and reference != baseline), None)
     has_ppl = any("perplexity" in r for r in rows)
     has_hs = any("hellaswag_acc" in r for r in rows)
     head = ["method", "description"]
     if has_ppl:
-        head += ["perplexity", f"Δ vs {baseline}"]
+        head += ["perplexity", f"Δ vs {baseline}"] + ([f"Δ vs {reference}"] if ref is not None else [])
     if has_hs:
-        head += ["HellaSwag acc", "acc_norm", "Δ acc_norm (points" + (" ± paired SE)" if labels else ")")]
+        unit = "(points" + (" ± paired SE)" if labels else ")")
+        head += ["HellaSwag acc", "acc_norm", f"Δ acc_norm {unit}"]
+        if ref is not None and ref.get("hellaswag_acc_norm") is not None:
+            head.append(f"Δ acc_norm vs {reference} {unit}")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cells = [f"`{r['method']}`", r.get("description", "")]
         if has_ppl:
-            ppl = r.get("perplexity")
-            cells.append(_fmt(ppl, ".3f"))
-            if base is not None and ppl is not None and base.get("perplexity"):
-                cells.append(f"{(ppl / base['perplexity'] - 1) * 100:+.2f}%")
-            else:
-                cells.append("—")
+            cells += [_fmt(r.get("perplexity"), ".3f"), _ppl_change(r.get("perplexity"), base)]
+            if ref is not None:
+                cells.append(_ppl_change(r.get("perplexity"), ref))
         if has_hs:
             acc, accn = r.get("hellaswag_acc"), r.get("hellaswag_acc_norm")
             cells += [_fmt(acc and acc * 100, ".2f"), _fmt(accn and accn * 100, ".2f")]
             cells.append(_acc_norm_change(r, base, labels))
+            if ref is not None and ref.get("hellaswag_acc_norm") is not None:
+                cells.append(_acc_norm_change(r, ref, labels))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -65,7 +78,11 @@ def _acc_norm_change(row: dict, base: dict | None, labels: list[int] | None) -> 
 
 
 def agreement_table(rows: list[dict], new_tokens: int = 16) -> str:
-    """Agreement with the float model per method (rows of ``compare_methods`` with ``prompts``)."""
+    """Agreement with the float model per method (rows of ``compare_methods`` with ``prompts``).
+
+    Every row is measured against fp32; the 16-bit references (``bf16``, ``fp16`` and their
+    ``-weights`` roundings) are rows like the others, so an int8 row reads against them directly.
+    """
     head = [
         "method",
         "first token = fp32's",
@@ -110,12 +127,25 @@ def _value(row: dict, key: str):
     return None if value is None else value * (100 if key.startswith("hellaswag") else 1)
 
 
+_REFERENCES = ("bf16", "fp16", "bf16-weights", "fp16-weights")
+
+
+def _color(method: str) -> str:
+    """fp32 grey, the 16-bit references orange, the paper's LLM.int8() green, other int8 methods blue."""
+    if method == "fp32":
+        return "tab:gray"
+    if method in _REFERENCES:
+        return "tab:orange"
+    return "tab:green" if "llm.int8" in method else "tab:blue"
+
+
 def _error_panel(ax, rows: list[dict], label: str) -> None:
     """Each prompt's logits error as a dot, the median as a bar, per method (log scale)."""
     sub = [r for r in rows if r.get("agreement_prompts") and r["method"] != "fp32"]
     for i, r in enumerate(sub):
         errors = [p["logits_rel_error"] for p in r["agreement_prompts"]]
-        ax.scatter([i + 0.12 * ((j % 5) - 2) / 2 for j in range(len(errors))], errors, s=6, alpha=0.5, color="tab:blue")
+        x = [i + 0.12 * ((j % 5) - 2) / 2 for j in range(len(errors))]
+        ax.scatter(x, errors, s=6, alpha=0.5, color=_color(r["method"]))
         ax.hlines(r["agreement"]["logits_rel_error_median"], i - 0.3, i + 0.3, color="black")
     ax.set_xticks(range(len(sub)), [r["method"] for r in sub], rotation=35, ha="right")
     ax.set_yscale("log")
@@ -142,7 +172,7 @@ def plot_comparison(rows: list[dict], path: str | os.PathLike, title: str = "") 
         sub = [r for r in rows if _value(r, key) is not None]
         names = [r["method"] for r in sub]
         values = [_value(r, key) for r in sub]
-        colors = ["tab:gray" if n == "fp32" else "tab:green" if "llm.int8" in n else "tab:blue" for n in names]
+        colors = [_color(n) for n in names]
         bars = ax.bar(range(len(sub)), values, color=colors)
         ax.set_xticks(range(len(sub)), names, rotation=35, ha="right")
         ax.set_ylabel(label)
