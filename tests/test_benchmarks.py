@@ -33,7 +33,10 @@ WRITES = {  # (script, mode options): the files its smoke run writes into --out
     ("bench_loading.py", ()): ("loading.csv", "loading.md"),
     ("bench_memory.py", ()): ("memory.csv", "memory.md"),
     ("bench_quantizer.py", ()): ("quantizer.csv", "quantizer.md"),
+    ("bench_batch_invariant.py", ()): ("batch_invariant.csv", "batch_invariant.md", "batch_invariant.png"),
+    ("bench_vllm.py", ()): ("vllm_smoke.csv", "vllm_smoke.md", "vllm_smoke.png"),
 }
+NEEDS = {"bench_vllm.py": "vllm"}  # an optional dependency: where it is absent the smoke run is a skip that says so
 LOADS_SMOLLM2 = {"bench_e2e.py", "bench_e2e_ab.py"}  # and read WikiText-2 (--text)
 SLOW = {*LOADS_SMOLLM2, "bench_quantizer.py"}  # the last: Inductor compiles in two fresh processes, tens of seconds
 TIMEOUT_S = 600  # a smoke run takes seconds of CPU; a loaded 2-core machine stretches the wall time
@@ -92,6 +95,8 @@ def test_help_works_and_offers_smoke(script, monkeypatch, capsys):
     ("script", "options"), _params([(s, ()) for s in SCRIPTS] + [("bench_layers.py", ("--breakdown",))])
 )
 def test_smoke_run_writes_its_results(script, options, tmp_path, request):
+    if script in NEEDS:
+        pytest.importorskip(NEEDS[script], reason=f"{script} needs {NEEDS[script]} (scripts/install.sh --vllm)")
     out = tmp_path / "out"
     text = ["--text", str(request.getfixturevalue("wikitext_path"))] if script in LOADS_SMOLLM2 else []
     before = _results_state()
