@@ -62,7 +62,8 @@ def codes_buffer(kernel: str, M: int, K: int, pairs: bool) -> torch.Tensor:
     """An uninitialised buffer for the codes of M rows in the form ``kernel`` reads (see the module doc);
     with ``pairs``, (M + 2, K) float32 whose last rows ``write_sentinels`` fills (or ``quantize_into``)."""
     if pairs:
-        return torch.empty(M + SENTINEL_ROWS, K)
+        # float32 whatever the default dtype (vLLM loads models under a bf16 default)
+        return torch.empty(M + SENTINEL_ROWS, K, dtype=torch.float32)
     dtype = torch.float32 if kernel in (cpu_gemm.FBGEMM, cpu_gemm.FBGEMM_PAIRS) else torch.int8
     return torch.empty(M, K, dtype=dtype)
 
