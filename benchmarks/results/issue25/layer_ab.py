@@ -37,7 +37,8 @@ def medians(fns: dict, rounds: int = 15) -> dict:
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
-print("| tree | layer (K x N) | X | Int8Linear ms | nn.Linear ms | raw _int_mm ms | Int8Linear vs nn.Linear | Int8Linear / raw |")
+print("| tree | layer (K x N) | X | Int8Linear ms | nn.Linear ms | raw _int_mm ms | Int8Linear vs nn.Linear |"
+      " Int8Linear / raw |")
 print("|---|---|---|---|---|---|---|---|")
 for K, N in [(576, 576), (576, 1536), (1536, 576), (576, 192)]:
     gen = torch.Generator().manual_seed(K * N)
@@ -53,8 +54,8 @@ for K, N in [(576, 576), (576, 1536), (1536, 576), (576, 192)]:
     for dtype in (torch.bfloat16, torch.float32):
         Xd, lin, layer = X.to(dtype), torch.nn.Linear(K, N).to(dtype), q.to(dtype)
         with torch.no_grad():
-            ms = medians({"int8": lambda: layer(Xd), "linear": lambda: lin(Xd),
-                          "raw": lambda: torch._int_mm(A, W_i8.T)})  # fmt: skip
+            ms = medians({"int8": lambda f=layer, x=Xd: f(x), "linear": lambda f=lin, x=Xd: f(x),
+                          "raw": lambda a=A, w=W_i8: torch._int_mm(a, w.T)})  # fmt: skip
         name = str(dtype).removeprefix("torch.")
         print(f"| {label} | {K} x {N} | {name} | {ms['int8']:.3f} | {ms['linear']:.3f} | {ms['raw']:.3f} | "
               f"{ms['linear'] / ms['int8']:.2f}x | {ms['int8'] / ms['raw']:.1f}x |", flush=True)
