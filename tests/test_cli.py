@@ -18,7 +18,8 @@ def test_demo_runs_end_to_end_on_the_bundled_model(capsys, wikitext_path, tmp_pa
     assert "converted 210 linear layers" in out
     assert "| fp32 |" in out and "| fp16 (equivalent) |" in out and "| int8 (+ scales) |" in out
     assert "packed copy" in out  # the stored size is not what a running CPU layer holds
-    assert "agreement with fp32 on 3 built-in chat prompts (facts, arithmetic, instructions)" in out
+    assert "agreement with fp32 on 3 built-in chat prompts (facts, arithmetic, instructions; a stratified random" in out
+    assert "| bf16 (the model cast to bfloat16) |" in out  # the 16-bit reference beside int8 (issue 28)
     assert "| same first token | " in out and "| identical 16-token answers | " in out
     assert "fp32:" in out and "int8:" in out and "same: " in out
     if "same: no" in out:  # where the answers part, fp32's own top two tokens there are shown
