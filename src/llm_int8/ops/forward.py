@@ -128,11 +128,7 @@ def _forward_cpu(
     ``_forward_2d`` plus the bias and the cast, bit for bit (tests/test_native_kernels.py).
     """
     M, K = X.shape
-    kernel = cpu_choice.gemm_kernel(W_i8.shape[0], K, M)
-    # the layout the op's GEMM would use (mm.py may answer with another kernel's layout than asked)
-    layout = mm._cpu_weight(W_i8, packed, kernel) if kernel in cpu_gemm.KERNELS else None
-    pairs = codes_gemm.fused_pairs(layout)
-    A = codes_gemm.codes_buffer(layout.kernel if layout else kernel, M, K, pairs)  # (M, K) or (M + 2, K)
+    kernel, layout, pairs, A = mm.gemm_plan(W_i8, packed, M)  # A: (M, K) or (M + 2, K)
     static_idx = None if float_columns is None else float_columns[0]
     s_x, zp_x, outlier_idx = quantize_into(X, threshold, static_idx, activation, A)  # and A's sentinel rows
     if zp_x is not None and row_sums is None:

@@ -29,7 +29,6 @@ import os
 import torch
 
 from . import mm
-from .choice import cpu as cpu_choice
 from .kernels import codes_gemm, cpu_gemm, epilogue, native
 from .kernels import quantize_tokenwise as tokenwise
 from .prepack import PackedWeight
@@ -79,11 +78,7 @@ def _finish(C, s_w, s_x, zp_x, row_sums, F, bias, out_dtype, pairs_args) -> torc
 def _forward_cpu_invariant(X, W_i8, s_w, bias, threshold, packed, activation, row_sums, float_columns, statistics):
     """The mode on (M, K) CPU ``X`` in float32 / bf16 / fp16, no autograd: (M, N) in ``X``'s dtype."""
     M, K = X.shape
-    kernel = cpu_choice.gemm_kernel(W_i8.shape[0], K, M)
-    # the layout the op's GEMM would use (mm.py may answer with another kernel's layout than asked)
-    layout = mm._cpu_weight(W_i8, packed, kernel) if kernel in cpu_gemm.KERNELS else None
-    pairs = codes_gemm.fused_pairs(layout)
-    A = codes_gemm.codes_buffer(layout.kernel if layout else kernel, M, K, pairs)  # (M, K) or (M + 2, K)
+    kernel, layout, pairs, A = mm.gemm_plan(W_i8, packed, M)  # A: (M, K) or (M + 2, K)
     static_idx = None if float_columns is None else float_columns[0]
     s_x, zp_x, entries = tokenwise.quantize_into_tokenwise(X, threshold, static_idx, activation, A, statistics)
     if zp_x is not None and row_sums is None:

@@ -20,11 +20,11 @@ import torch
 from ..primitives import int8_matmul_reference
 from .choice import admission
 from .choice import cpu as cpu_choice
-from .kernels import cpu_gemm, probes
+from .kernels import codes_gemm, cpu_gemm, probes
 from .kernels.cuda_gemm import int_mm_padded
 from .prepack import PackedWeight
 
-__all__ = ["int8_mm"]
+__all__ = ["gemm_plan", "int8_mm"]
 
 
 def _check_operands(A_i8: torch.Tensor, B_i8: torch.Tensor) -> None:
@@ -53,6 +53,18 @@ def _cpu_weight(B_i8: torch.Tensor, packed: PackedWeight | None, backend: str) -
         if other is not None:
             return _cpu_weight(B_i8, packed, other)
     return weight
+
+
+def gemm_plan(W_i8: torch.Tensor, packed: PackedWeight | None, M: int):
+    """``(kernel, layout, pairs, A)`` for an (M, K) CPU forward: the GEMM chosen here, the layout it reads
+    (``_cpu_weight`` may answer with another kernel's; ``None`` for ``torch._int_mm`` and the reference),
+    whether it is ``FBGEMM_PAIRS``' fused route, and an empty codes buffer in the form it reads."""
+    N, K = W_i8.shape
+    kernel = cpu_choice.gemm_kernel(N, K, M)
+    layout = _cpu_weight(W_i8, packed, kernel) if kernel in cpu_gemm.KERNELS else None
+    pairs = codes_gemm.fused_pairs(layout)
+    A = codes_gemm.codes_buffer(layout.kernel if layout else kernel, M, K, pairs)  # (M, K) or (M + 2, K)
+    return kernel, layout, pairs, A
 
 
 def int8_mm(A_i8: torch.Tensor, B_i8: torch.Tensor, *, packed: PackedWeight | None = None) -> torch.Tensor:
