@@ -21,8 +21,8 @@ def test_demo_runs_end_to_end_on_the_bundled_model(capsys, wikitext_path, tmp_pa
     assert "agreement with fp32 on 3 built-in chat prompts (facts, arithmetic, instructions; a stratified random" in out
     assert "| bf16 (the model cast to bfloat16) |" in out  # the 16-bit reference beside int8 (issue 28)
     assert "| same first token | " in out and "| identical 16-token answers | " in out
-    assert "fp32:" in out and "int8:" in out and "same: " in out
-    if "same: no" in out:  # where the answers part, fp32's own top two tokens there are shown
+    assert "fp32:" in out and "int8:" in out and "bf16:" in out and "int8 = fp32: " in out and "bf16 = fp32: " in out
+    if "= fp32: no" in out:  # where the answers part, fp32's own top two tokens there are shown
         assert "there fp32 itself gives" in out and "logit gap" in out
     assert "| LLM.int8() (zeropoint activations, α = 6) |" in out
 
