@@ -1144,6 +1144,38 @@ inline void axpy_rounded(float x, const float* w, int64_t N, float* acc) {
   }
 }
 
+// The sparse entries of the batch-invariant route, checked once for both of its ops: row m's entries
+// are cols[crow[m]:crow[m + 1]], each a column of U (``pos``: its index there), then the static columns S.
+struct TokenEntries {
+  const int64_t* cp;
+  const int64_t* colp;
+  std::vector<int64_t> pos;
+  int64_t n_static;
+  const int64_t* sp;
+  const float* wst;
+};
+
+TokenEntries check_entries(const char* who, int64_t M, int64_t K, int64_t N, const at::Tensor& crow,
+                           const at::Tensor& cols, const at::Tensor& U, const c10::optional<at::Tensor>& S,
+                           const c10::optional<at::Tensor>& WST) {
+  TORCH_CHECK(S.has_value() == WST.has_value(), who, ": S and WST come together");
+  TokenEntries t{nullptr, nullptr, std::vector<int64_t>(K, -1), S.has_value() ? S->numel() : 0, nullptr, nullptr};
+  t.sp = t.n_static ? S->data_ptr<int64_t>() : nullptr;
+  t.wst = t.n_static ? optional_ptr(WST, t.n_static * N, "WST") : nullptr;
+  const int64_t* up = U.data_ptr<int64_t>();
+  for (int64_t j = 0; j < U.numel(); ++j) {
+    TORCH_CHECK(up[j] >= 0 && up[j] < K, who, ": U out of range");
+    t.pos[up[j]] = j;
+  }
+  for (int64_t s = 0; s < t.n_static; ++s) TORCH_CHECK(t.sp[s] >= 0 && t.sp[s] < K, who, ": S out of range");
+  t.cp = crow.data_ptr<int64_t>();
+  t.colp = cols.data_ptr<int64_t>();
+  TORCH_CHECK(t.cp[0] == 0 && t.cp[M] == cols.numel(), who, ": crow must index cols");
+  for (int64_t i = 0; i < cols.numel(); ++i)
+    TORCH_CHECK(t.colp[i] >= 0 && t.colp[i] < K && t.pos[t.colp[i]] >= 0, who, ": an entry's column is not in U");
+  return t;
+}
+
 // (M, N) float32: row m holds -0 + sum over its entries k (increasing) of X[m, k] * WUT[pos(k)], then
 // + X[m, S[s]] * WST[s] for each static column s. ``U`` (|U|,): the sorted columns that hold any
 // entry, with ``WUT`` (|U|, N) their dequantized weight columns (W_i8[:, U] * s_w, transposed).
@@ -1157,21 +1189,11 @@ at::Tensor tokenwise_float_sum(const at::Tensor& X, const at::Tensor& crow, cons
               "tokenwise_float_sum: crow (M + 1,), cols and U must be contiguous int64");
   TORCH_CHECK(WUT.dim() == 2 && WUT.size(0) == U.numel() && WUT.scalar_type() == at::kFloat && WUT.is_contiguous(),
               "tokenwise_float_sum: WUT must be a contiguous float32 (|U|, N) tensor");
-  TORCH_CHECK(S.has_value() == WST.has_value(), "tokenwise_float_sum: S and WST come together");
-  const int64_t n_static = S.has_value() ? S->numel() : 0;
-  const int64_t* sp = n_static ? S->data_ptr<int64_t>() : nullptr;
-  const float* wst = n_static ? optional_ptr(WST, n_static * N, "WST") : nullptr;
-  std::vector<int64_t> pos(K, -1);
-  const int64_t* up = U.data_ptr<int64_t>();
-  for (int64_t j = 0; j < U.numel(); ++j) {
-    TORCH_CHECK(up[j] >= 0 && up[j] < K, "tokenwise_float_sum: U out of range");
-    pos[up[j]] = j;
-  }
-  for (int64_t s = 0; s < n_static; ++s) TORCH_CHECK(sp[s] >= 0 && sp[s] < K, "tokenwise_float_sum: S out of range");
-  const int64_t* cp = crow.data_ptr<int64_t>();
-  const int64_t* colp = cols.data_ptr<int64_t>();
-  for (int64_t i = 0; i < cols.numel(); ++i)
-    TORCH_CHECK(colp[i] >= 0 && colp[i] < K && pos[colp[i]] >= 0, "tokenwise_float_sum: an entry's column is not in U");
+  const TokenEntries t = check_entries("tokenwise_float_sum", M, K, N, crow, cols, U, S, WST);
+  const int64_t n_static = t.n_static;
+  const int64_t *sp = t.sp, *cp = t.cp, *colp = t.colp;
+  const float* wst = t.wst;
+  const std::vector<int64_t>& pos = t.pos;
   const float* w = WUT.data_ptr<float>();
   // -0: the identity of float addition (x + -0 is x for every x, +0 included), so a row without
   // entries adds exactly nothing, and one with entries starts from its first product, exactly
@@ -1210,25 +1232,14 @@ at::Tensor epilogue_tokenwise(const at::Tensor& C, const at::Tensor& s_w, const 
   TORCH_CHECK(WUT.dim() == 2 && WUT.size(0) == U.numel() && WUT.size(1) == N && WUT.scalar_type() == at::kFloat &&
                   WUT.is_contiguous(),
               "epilogue_tokenwise: WUT must be a contiguous float32 (|U|, N) tensor");
-  TORCH_CHECK(S.has_value() == WST.has_value(), "epilogue_tokenwise: S and WST come together");
   const float* zpp = optional_ptr(zp, M, "zp");
   const float* r = optional_ptr(row_sums, N, "row_sums");
   TORCH_CHECK((zpp == nullptr) == (r == nullptr), "epilogue_tokenwise: zp and row_sums come together");
-  const int64_t n_static = S.has_value() ? S->numel() : 0;
-  const int64_t* sp = n_static ? S->data_ptr<int64_t>() : nullptr;
-  const float* wst = n_static ? optional_ptr(WST, n_static * N, "WST") : nullptr;
-  std::vector<int64_t> pos(K, -1);
-  const int64_t* up = U.data_ptr<int64_t>();
-  for (int64_t j = 0; j < U.numel(); ++j) {
-    TORCH_CHECK(up[j] >= 0 && up[j] < K, "epilogue_tokenwise: U out of range");
-    pos[up[j]] = j;
-  }
-  for (int64_t s = 0; s < n_static; ++s) TORCH_CHECK(sp[s] >= 0 && sp[s] < K, "epilogue_tokenwise: S out of range");
-  const int64_t* cp = crow.data_ptr<int64_t>();
-  const int64_t* colp = cols.data_ptr<int64_t>();
-  TORCH_CHECK(cp[0] == 0 && cp[M] == cols.numel(), "epilogue_tokenwise: crow must index cols");
-  for (int64_t i = 0; i < cols.numel(); ++i)
-    TORCH_CHECK(colp[i] >= 0 && colp[i] < K && pos[colp[i]] >= 0, "epilogue_tokenwise: an entry's column is not in U");
+  const TokenEntries t = check_entries("epilogue_tokenwise", M, K, N, crow, cols, U, S, WST);
+  const int64_t n_static = t.n_static;
+  const int64_t *sp = t.sp, *cp = t.cp, *colp = t.colp;
+  const float* wst = t.wst;
+  const std::vector<int64_t>& pos = t.pos;
   const float* w = WUT.data_ptr<float>();
   const float* sw = optional_ptr(s_w, N, "s_w");
   const float* sx = optional_ptr(s_x, M, "s_x");
